@@ -1,0 +1,361 @@
+//! The error model (DESIGN.md §5).
+//!
+//! Domain crates define typed errors with `thiserror` and convert them into [`ApiError`] in one
+//! place (their `api` module). `ApiError` becomes a `tonic::Status` with `google.rpc.ErrorInfo`
+//! (reason in UPPER_SNAKE_CASE, a domain naming the service, metadata), `BadRequest` field
+//! violations and `RetryInfo`, or the same information as an HTTP JSON error body.
+//! Internal errors are logged where they happen, with their location and the request id, and
+//! reach the caller as an opaque message carrying only that request id.
+
+use std::collections::HashMap;
+use std::panic::Location;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::telemetry::current_request_id;
+
+/// The ErrorInfo domain used when a service does not set its own.
+pub const DEFAULT_DOMAIN: &str = "switchyard.dev";
+
+/// One invalid field of a request, by its dotted path (`credential.labels`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Dotted path of the field in the request message.
+    pub field: String,
+    /// What is wrong with it and what is expected.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// An error on its way to a caller.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    code: Code,
+    reason: &'static str,
+    domain: &'static str,
+    message: String,
+    // Boxed so that `Result<T, ApiError>` stays small on the success path.
+    details: Box<Details>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Details {
+    metadata: Vec<(String, String)>,
+    violations: Vec<FieldViolation>,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// An error with a code, an ErrorInfo reason (UPPER_SNAKE_CASE) and a message for people.
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            domain: DEFAULT_DOMAIN,
+            message: message.into(),
+            details: Box::default(),
+        }
+    }
+
+    /// INVALID_ARGUMENT with field violations.
+    pub fn invalid_argument(violations: Vec<FieldViolation>) -> Self {
+        let message = violations
+            .iter()
+            .map(|v| format!("invalid {}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut err = ApiError::new(Code::InvalidArgument, "INVALID_ARGUMENT", message);
+        err.details.violations = violations;
+        err
+    }
+
+    /// NOT_FOUND for a resource name.
+    pub fn not_found(resource: &str) -> Self {
+        ApiError::new(Code::NotFound, "NOT_FOUND", format!("{resource} not found"))
+            .with_metadata("resource", resource)
+    }
+
+    /// UNAUTHENTICATED.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(Code::Unauthenticated, "UNAUTHENTICATED", message)
+    }
+
+    /// An unexpected failure. The cause is logged here, with the caller's location and the request
+    /// id; the caller gets only the request id, so no internal detail (or secret) leaks.
+    #[track_caller]
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let location = Location::caller();
+        let request_id = current_request_id();
+        tracing::error!(
+            error = %cause,
+            location = %format_args!("{}:{}", location.file(), location.line()),
+            request_id = request_id.as_deref().unwrap_or(""),
+            "internal error"
+        );
+        let message = match request_id {
+            Some(id) => format!("internal error (request id {id})"),
+            None => "internal error".to_owned(),
+        };
+        ApiError::new(Code::Internal, "INTERNAL", message)
+    }
+
+    /// Sets the ErrorInfo domain, e.g. `credentials.switchyard.dev`.
+    pub fn with_domain(mut self, domain: &'static str) -> Self {
+        self.domain = domain;
+        self
+    }
+
+    /// Adds an ErrorInfo metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.details.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds a RetryInfo delay.
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.details.retry_after = Some(delay);
+        self
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The ErrorInfo reason.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The field violations.
+    pub fn violations(&self) -> &[FieldViolation] {
+        &self.details.violations
+    }
+
+    /// The retry delay, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.details.retry_after
+    }
+
+    /// The status a gRPC caller receives.
+    pub fn into_status(self) -> tonic::Status {
+        let Details {
+            metadata,
+            violations,
+            retry_after,
+        } = *self.details;
+        let metadata: HashMap<String, String> = metadata.into_iter().collect();
+        let mut details = ErrorDetails::with_error_info(self.reason, self.domain, metadata);
+        if !violations.is_empty() {
+            let violations = violations
+                .into_iter()
+                .map(|v| tonic_types::FieldViolation::new(v.field, v.description));
+            details.set_bad_request(violations.collect::<Vec<_>>());
+        }
+        if let Some(delay) = retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        tonic::Status::with_error_details(self.code, self.message, details)
+    }
+
+    /// The HTTP status of the same error (the mapping of google.rpc.Code to HTTP).
+    pub fn http_status(&self) -> http::StatusCode {
+        http_status_of(self.code)
+    }
+
+    /// The JSON body of the HTTP edge, in the shape of Google's JSON error format:
+    /// `{"error": {"code": 404, "status": "NOT_FOUND", "message": ..., "details": [...]}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let metadata: serde_json::Map<String, serde_json::Value> = self
+            .details
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let mut details = vec![serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": self.reason,
+            "domain": self.domain,
+            "metadata": metadata,
+        })];
+        if !self.details.violations.is_empty() {
+            let violations: Vec<_> = self
+                .details
+                .violations
+                .iter()
+                .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+                .collect();
+            details.push(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": violations,
+            }));
+        }
+        if let Some(delay) = self.details.retry_after {
+            details.push(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format!("{}s", delay.as_secs_f64()),
+            }));
+        }
+        serde_json::json!({
+            "error": {
+                "code": self.http_status().as_u16(),
+                "status": code_name(self.code),
+                "message": self.message,
+                "details": details,
+            }
+        })
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        err.into_status()
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let mut response = (self.http_status(), axum::Json(self.to_json())).into_response();
+        if let Some(delay) = self.details.retry_after {
+            let seconds = delay.as_secs().max(1).to_string();
+            if let Ok(value) = http::HeaderValue::from_str(&seconds) {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// The canonical name of a gRPC code, as used in logs, metrics and audit entries.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The code of a canonical name; `UNKNOWN` for anything else.
+pub fn code_from_name(name: &str) -> Code {
+    const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+    ALL.into_iter()
+        .find(|code| code_name(*code) == name)
+        .unwrap_or(Code::Unknown)
+}
+
+/// google.rpc.Code to HTTP status, as in google/rpc/code.proto.
+pub fn http_status_of(code: Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    match code {
+        Code::Ok => S::OK,
+        Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::NotFound => S::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_error_info_and_violations() {
+        let err =
+            ApiError::invalid_argument(vec![FieldViolation::new("credential_id", "too long")])
+                .with_domain("credentials.switchyard.dev");
+        let status = err.into_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.domain, "credentials.switchyard.dev");
+        let bad = details.bad_request().expect("bad request");
+        assert_eq!(bad.field_violations[0].field, "credential_id");
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let status = ApiError::internal("db password=hunter2 rejected").into_status();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+
+    #[test]
+    fn code_names_round_trip() {
+        for code in [
+            Code::Ok,
+            Code::NotFound,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ] {
+            assert_eq!(code_from_name(code_name(code)), code);
+        }
+        assert_eq!(code_from_name("NOPE"), Code::Unknown);
+    }
+
+    #[test]
+    fn json_body_has_google_shape() {
+        let body = ApiError::not_found("credentials/x").to_json();
+        assert_eq!(body["error"]["code"], 404);
+        assert_eq!(body["error"]["status"], "NOT_FOUND");
+        assert_eq!(body["error"]["details"][0]["reason"], "NOT_FOUND");
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP edge: an axum server on its own port with `/healthz` (liveness), `/readyz`
+//! (readiness), `/metrics` (Prometheus), and the routes services mount, which use
+//! [`require_scope`] for the same authentication as gRPC.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+
+use crate::grpc::ReadinessCheck;
+use crate::telemetry::metrics_handle;
+use crate::{Authenticator, Target};
+
+#[derive(Clone)]
+pub(crate) struct EdgeState {
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) checks: Arc<Vec<(String, Arc<dyn ReadinessCheck>)>>,
+}
+
+pub(crate) fn edge_router(state: EdgeState, routes: Router) -> Router {
+    // Make sure the recorder exists before the first scrape.
+    metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(routes)
+        .layer(axum::middleware::from_fn(observe_http))
+}
+
+async fn readyz(State(state): State<EdgeState>) -> Response {
+    if !state.ready.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not ready"})),
+        )
+            .into_response();
+    }
+    let failures = run_checks(&state.checks).await;
+    if failures.is_empty() {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not ready", "failing": failures})),
+        )
+            .into_response()
+    }
+}
+
+pub(crate) async fn run_checks(checks: &[(String, Arc<dyn ReadinessCheck>)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, check) in checks {
+        if let Err(reason) = check.check().await {
+            failures.push(format!("{name}: {reason}"));
+        }
+    }
+    failures
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics_handle().render(),
+    )
+}
+
+async fn observe_http(request: Request, next: Next) -> Response {
+    // The matched route, not the raw path, so that callers cannot grow the label set.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("switchyard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("switchyard_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// Middleware for an HTTP route that needs `scope`: the same tokens as gRPC, the same principal in
+/// the request extensions, errors as JSON bodies.
+///
+/// ```ignore
+/// router.route_layer(axum::middleware::from_fn_with_state(
+///     (authenticator, "events.write"),
+///     switchyard_kit::http::require_scope,
+/// ))
+/// ```
+pub async fn require_scope(
+    State((authenticator, scope)): State<(Arc<dyn Authenticator>, &'static str)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Err(err) = authenticator
+        .authorize(
+            Target::Http { scope },
+            &parts.headers,
+            &mut parts.extensions,
+        )
+        .await
+    {
+        return err.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}

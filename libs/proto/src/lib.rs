@@ -1,0 +1,23 @@
+//! Generated code for the Switchyard APIs (`proto/`), one module per package, and the encoded file
+//! descriptor set that the servers publish through gRPC reflection.
+
+#![allow(clippy::all, missing_debug_implementations, unused_qualifications)]
+
+/// Every Switchyard proto file, encoded as a `google.protobuf.FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
+
+/// `switchyard.common.v1`: messages shared by every API.
+pub mod common {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.common.v1");
+    }
+}
+
+/// `switchyard.credentials.v1`: credential storage, rotation, audit and backup.
+pub mod credentials {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.credentials.v1");
+    }
+}

@@ -1,0 +1,22 @@
+-- Data keys, each wrapped (XChaCha20-Poly1305) by the master key, which is never stored here;
+-- only its fingerprint is, so that a wrong master key is recognised before anything is decrypted.
+CREATE TABLE secret_store_data_keys (
+    version INTEGER PRIMARY KEY,
+    nonce BLOB NOT NULL,
+    wrapped_key BLOB NOT NULL,
+    master_key_fingerprint TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+-- Secret material, encrypted under a data key; the reference is the associated data.
+CREATE TABLE secret_store_material (
+    secret_ref TEXT PRIMARY KEY,
+    data_key_version INTEGER NOT NULL REFERENCES secret_store_data_keys (version),
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+CREATE INDEX secret_store_material_data_key_version ON secret_store_material (data_key_version);

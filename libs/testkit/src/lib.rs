@@ -1,0 +1,3 @@
+//! Test support for Switchyard.
+
+pub mod fake_vault;

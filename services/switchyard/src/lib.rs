@@ -1,0 +1,323 @@
+//! The Switchyard process: configuration, the services it hosts, and how they start and stop.
+//!
+//! `switchyard up` and `switchyard serve` both end in [`run`], which tests call too, with
+//! listeners bound to port 0.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use base64::Engine;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use switchyard_auth::{AuthConfig, Authorizer, ScopeTable, Verifier};
+use switchyard_credentials::{CredentialApi, CredentialsConfig};
+use switchyard_kit::config::{ConfigError, ServerConfig};
+use switchyard_kit::grpc::{Host, ReadinessCheck};
+use switchyard_kit::telemetry::LogConfig;
+use switchyard_secrets::{SecretStore, SecretsConfig};
+use switchyard_store::Db;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The whole configuration (see README "Configuration").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP edge listen address.
+    pub http_addr: SocketAddr,
+    /// Where the embedded stores and generated keys live.
+    pub data_dir: PathBuf,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[secrets]`.
+    pub secrets: SecretsConfig,
+    /// `[credentials]`.
+    pub credentials: CredentialsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from(".switchyard"),
+            log: LogConfig::default(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            secrets: SecretsConfig::default(),
+            credentials: CredentialsConfig::default(),
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...`; unset means one SQLite file per service under `data_dir`.
+    pub url: Option<SecretString>,
+    /// Largest PostgreSQL pool per service.
+    pub pool_size: usize,
+    /// Prepended to each service's PostgreSQL schema name (`credentials`, `secrets`), so that
+    /// several installations can share one database.
+    pub schema_prefix: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            pool_size: switchyard_store::DEFAULT_POOL_SIZE,
+            schema_prefix: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `SWITCHYARD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        switchyard_kit::config::load(file)
+    }
+
+    /// Checks every section; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.auth.validate()?;
+        self.credentials.validate()?;
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "database.pool_size",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A service this binary can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceName {
+    /// `switchyard.credentials.v1`.
+    Credentials,
+}
+
+impl ServiceName {
+    /// Every service, as `up` runs them.
+    pub const ALL: &[ServiceName] = &[ServiceName::Credentials];
+
+    /// The name used on the command line and as the database schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Credentials => "credentials",
+        }
+    }
+
+    /// The service's scope table.
+    pub fn scopes(self) -> ScopeTable {
+        match self {
+            ServiceName::Credentials => switchyard_credentials::SCOPES,
+        }
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ServiceName::ALL
+            .iter()
+            .copied()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = ServiceName::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown service {name:?}; known services: {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Opens the record store of `component`: its PostgreSQL schema, or its SQLite file under the
+/// data directory.
+pub async fn open_db(config: &Config, component: &str) -> anyhow::Result<Db> {
+    let url = match &config.database.url {
+        Some(url) => url.expose_secret().to_owned(),
+        None => format!(
+            "sqlite://{}",
+            config.data_dir.join(format!("{component}.db")).display()
+        ),
+    };
+    let schema = format!("{}{component}", config.database.schema_prefix);
+    Db::connect(&url, &schema, config.database.pool_size)
+        .await
+        .with_context(|| format!("opening the {component} database"))
+}
+
+/// Opens the secret store (with its own database for the embedded backend).
+pub async fn open_secrets(config: &Config) -> anyhow::Result<Arc<dyn SecretStore>> {
+    let db = open_db(config, "secrets").await?;
+    switchyard_secrets::open(&config.secrets, &db, &config.data_dir)
+        .await
+        .context("opening the secret store")
+}
+
+/// Applies the migrations of `services` (and of the embedded secret store, if used).
+pub async fn migrate(config: &Config, services: &BTreeSet<ServiceName>) -> anyhow::Result<()> {
+    for service in services {
+        match service {
+            ServiceName::Credentials => {
+                let db = open_db(config, service.as_str()).await?;
+                let applied = db
+                    .migrate(
+                        switchyard_credentials::COMPONENT,
+                        switchyard_credentials::store::MIGRATIONS,
+                    )
+                    .await?;
+                tracing::info!(service = %service, applied, "migrations done");
+            }
+        }
+    }
+    if matches!(config.secrets, SecretsConfig::Embedded(_)) {
+        // Opening the embedded store applies its migrations.
+        open_secrets(config).await?;
+    }
+    Ok(())
+}
+
+/// The development HS256 secret under the data directory, created on first use. Returns it and
+/// whether it was just created.
+pub fn development_secret(data_dir: &Path) -> anyhow::Result<(SecretString, bool)> {
+    let path = data_dir.join("jwt.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return Ok((SecretString::from(text.trim().to_owned()), false)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    create_private_dir(data_dir)?;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{encoded}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok((SecretString::from(encoded), true))
+}
+
+/// Creates the data directory, readable only by its owner.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+struct DbReady(Db);
+
+#[async_trait]
+impl ReadinessCheck for DbReady {
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|err| err.to_string())
+    }
+}
+
+struct SecretsReady(Arc<dyn SecretStore>);
+
+#[async_trait]
+impl ReadinessCheck for SecretsReady {
+    async fn check(&self) -> Result<(), String> {
+        self.0.check().await.map_err(|err| err.to_string())
+    }
+}
+
+/// Serves `services` on the given listeners until `shutdown` is cancelled, then drains.
+pub async fn run(
+    config: Config,
+    services: BTreeSet<ServiceName>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    if services.is_empty() {
+        bail!("no service to serve");
+    }
+    let verifier = Verifier::new(&config.auth).context("building the token verifier")?;
+    let tables: Vec<ScopeTable> = services.iter().map(|s| s.scopes()).collect();
+    let authorizer = Authorizer::new(Arc::new(verifier), &tables, config.auth.public_health);
+    let mut host = Host::new(config.server.clone(), Arc::new(authorizer));
+    host.add_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET);
+
+    let background = CancellationToken::new();
+    let mut jobs = Vec::new();
+    for service in &services {
+        match service {
+            ServiceName::Credentials => {
+                let db = open_db(&config, service.as_str()).await?;
+                let secrets = open_secrets(&config).await?;
+                let domain = switchyard_credentials::open(
+                    db.clone(),
+                    secrets.clone(),
+                    config.credentials.clone(),
+                )
+                .await
+                .context("migrating the credentials database")?;
+                host.add_service(
+                    CredentialApi::new(domain.clone()).into_server(config.server.max_message_bytes),
+                );
+                host.add_readiness_check("credentials.database", Arc::new(DbReady(db)));
+                host.add_readiness_check("credentials.secrets", Arc::new(SecretsReady(secrets)));
+                jobs.push(tokio::spawn(switchyard_credentials::jobs::run(
+                    domain,
+                    config.credentials.clone(),
+                    background.clone(),
+                )));
+            }
+        }
+    }
+
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        http = %http.local_addr()?,
+        services = ?services.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "serving"
+    );
+    let served = host.serve(grpc, http, shutdown).await;
+    background.cancel();
+    for job in jobs {
+        let _ = job.await;
+    }
+    served.map_err(Into::into)
+}
