@@ -80,9 +80,7 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 impl Verifier {
     /// A verifier for `config`, which should have been validated.
     pub fn new(config: &AuthConfig) -> Result<Self, reqwest::Error> {
-        // rustls is built without a default crypto provider (no aws-lc-sys): ring is installed
-        // once per process; a second install is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        switchyard_kit::tls::install_crypto_provider();
         let jwks = match &config.jwks_url {
             Some(url) => Some(JwksCache::new(
                 url.clone(),

@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use auth::{Authenticator, Target};
 pub use error::{ApiError, FieldViolation};

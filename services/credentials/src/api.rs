@@ -218,10 +218,12 @@ pub fn credential_to_proto(credential: &Credential) -> pb::Credential {
         labels: spec.labels.clone().into_iter().collect(),
         expire_time: spec.expire_time.map(timestamp),
         rotation_policy: Some(pb::RotationPolicy {
-            rotation_period: (spec.rotation.rotation_period_secs > 0).then_some(prost_types::Duration {
-                seconds: spec.rotation.rotation_period_secs,
-                nanos: 0,
-            }),
+            rotation_period: (spec.rotation.rotation_period_secs > 0).then_some(
+                prost_types::Duration {
+                    seconds: spec.rotation.rotation_period_secs,
+                    nanos: 0,
+                },
+            ),
             retained_versions: i32::try_from(spec.rotation.retained_versions).unwrap_or(i32::MAX),
         }),
         access_policy: Some(pb::AccessPolicy {

@@ -104,6 +104,7 @@ impl Listen {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    switchyard_kit::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -136,10 +136,9 @@ pub fn spec(
         );
     }
     let provider_ok = spec.provider.len() <= 63
-        && spec
-            .provider
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+        && spec.provider.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
     if !provider_ok {
         violations.add(
             format!("{prefix}.provider"),
