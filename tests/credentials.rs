@@ -27,6 +27,7 @@ on_both_backends!(
     backup_streams_restore_into_a_fresh_installation,
     restart_loses_nothing_and_tampering_is_named,
     oversized_messages_are_refused,
+    no_plaintext_secret_is_stored,
 );
 
 fn create_request(
@@ -563,4 +564,90 @@ async fn oversized_messages_are_refused(backend: Backend) {
         .await
         .unwrap();
     server.stop().await;
+}
+
+async fn no_plaintext_secret_is_stored(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(backend, dir.path());
+    let server = TestServer::start(config.clone()).await;
+    let mut client = server
+        .credentials(Some(token("acme", "alice", ALL_SCOPES)))
+        .await;
+    let secret = format!("plaintext-canary-{}", uuid::Uuid::new_v4().simple());
+    client
+        .create_credential(create_request(
+            "canary",
+            pb::CredentialKind::ApiKey,
+            secret.as_bytes(),
+        ))
+        .await
+        .unwrap();
+    client
+        .rotate_credential(pb::RotateCredentialRequest {
+            name: "credentials/canary".into(),
+            payload: Some(pb::SecretPayload {
+                data: secret.as_bytes().to_vec(),
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        access(&mut client, "credentials/canary").await.unwrap(),
+        secret.as_bytes()
+    );
+    server.stop().await;
+
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    let needles = [secret.clone(), hex];
+    match backend {
+        Backend::Sqlite => {
+            // Every file the installation wrote: databases, WAL, keys.
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                for needle in &needles {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                        "{needle} in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Backend::Postgres => {
+            // Every row of every table of both schemas, as PostgreSQL prints it.
+            for component in ["credentials", "secrets"] {
+                let db = switchyard::open_db(&config, component).await.unwrap();
+                let schema = format!("{}{component}", config.database.schema_prefix);
+                let tables = db
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+                        &[schema.as_str().into()],
+                    )
+                    .await
+                    .unwrap();
+                assert!(tables.len() >= 2, "{schema} has its tables");
+                for table in tables {
+                    let table: String = table.get(0).unwrap();
+                    let rows = db
+                        .query(
+                            &format!("SELECT CAST(t AS TEXT) FROM {schema}.{table} t"),
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    for row in rows {
+                        let text: String = row.get(0).unwrap();
+                        for needle in &needles {
+                            assert!(
+                                !text.contains(needle.as_str()),
+                                "{needle} in {schema}.{table}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -72,12 +72,23 @@ impl Authorizer {
     }
 
     fn is_public(&self, path: &str) -> bool {
-        self.public_health
-            && path
-                .strip_prefix('/')
-                .and_then(|rest| rest.split_once('/'))
-                .is_some_and(|(service, _)| PUBLIC_SERVICES.contains(&service))
+        self.public_health && is_health_or_reflection(path)
     }
+}
+
+fn is_health_or_reflection(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, _)| PUBLIC_SERVICES.contains(&service))
+}
+
+/// What a request needs besides a valid token.
+enum Requirement<'a> {
+    Scope(&'a str),
+    TokenOnly,
+    /// No table declares the method: it is refused, so a method left out of a table is closed
+    /// rather than open to every token.
+    Undeclared,
 }
 
 #[async_trait]
@@ -90,11 +101,15 @@ impl Authenticator for Authorizer {
     ) -> Result<(), ApiError> {
         let required = match target {
             Target::Grpc(path) if self.is_public(path) => return Ok(()),
-            // A path no table declares gets authenticated and then reaches the router, which
-            // answers UNIMPLEMENTED; every implemented method is declared (tests check it).
-            Target::Grpc(path) if self.checked_by_handler.contains(path) => None,
-            Target::Grpc(path) => self.required_scope(path),
-            Target::Http { scope } => Some(scope),
+            Target::Grpc(path)
+                if is_health_or_reflection(path) || self.checked_by_handler.contains(path) =>
+            {
+                Requirement::TokenOnly
+            }
+            Target::Grpc(path) => self
+                .required_scope(path)
+                .map_or(Requirement::Undeclared, Requirement::Scope),
+            Target::Http { scope } => Requirement::Scope(scope),
         };
         let token = bearer_token(headers)
             .ok_or(AuthError::Missing)
@@ -105,15 +120,23 @@ impl Authenticator for Authorizer {
         span.record("tenant", principal.tenant.as_str());
         span.record("principal", principal.subject.as_str());
 
-        if let Some(scope) = required
-            && !principal.has_scope(scope)
-        {
-            return Err(ApiError::new(
-                Code::PermissionDenied,
-                "MISSING_SCOPE",
-                format!("this call needs the {scope} scope"),
-            )
-            .with_metadata("required_scope", scope));
+        match required {
+            Requirement::Scope(scope) if !principal.has_scope(scope) => {
+                return Err(ApiError::new(
+                    Code::PermissionDenied,
+                    "MISSING_SCOPE",
+                    format!("this call needs the {scope} scope"),
+                )
+                .with_metadata("required_scope", scope));
+            }
+            Requirement::Undeclared => {
+                return Err(ApiError::new(
+                    Code::Unimplemented,
+                    "UNKNOWN_METHOD",
+                    "no such method",
+                ));
+            }
+            Requirement::Scope(_) | Requirement::TokenOnly => {}
         }
         extensions.insert(principal);
         Ok(())
@@ -123,9 +146,13 @@ impl Authenticator for Authorizer {
 fn rejection(err: AuthError) -> ApiError {
     match err {
         // The caller's token may be fine; the identity provider is what failed.
-        AuthError::KeysUnavailable(_) => {
-            ApiError::new(Code::Unavailable, "AUTH_KEYS_UNAVAILABLE", err.to_string())
-        }
+        // The cause (URL, HTTP error) is logged where the fetch failed, not told to callers.
+        AuthError::KeysUnavailable(_) => ApiError::new(
+            Code::Unavailable,
+            "AUTH_KEYS_UNAVAILABLE",
+            "the token signing keys are unavailable; retry later",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1)),
         other => ApiError::unauthenticated(other.to_string()),
     }
 }

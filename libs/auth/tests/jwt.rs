@@ -375,6 +375,10 @@ async fn authorizer_requires_token_and_scope_and_sets_principal() {
     let (result, _) = call(None, "/demo.v1.Demo/Audited").await;
     assert_eq!(result.unwrap_err().code(), Code::Unauthenticated);
 
+    // A method no table declares is closed, whatever the token.
+    let (result, _) = call(Some(token.clone()), "/demo.v1.Demo/Forgotten").await;
+    assert_eq!(result.unwrap_err().code(), Code::Unimplemented);
+
     let (result, _) = call(None, "/grpc.health.v1.Health/Check").await;
     result.unwrap();
     let (result, _) = call(
@@ -402,6 +406,16 @@ async fn authorizer_requires_token_and_scope_and_sets_principal() {
         Code::Unauthenticated,
         "health needs a token when not public"
     );
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    private
+        .authorize(
+            Target::Grpc("/grpc.health.v1.Health/Check"),
+            &headers,
+            &mut http::Extensions::new(),
+        )
+        .await
+        .expect("with a token, health needs no particular scope");
 
     // HTTP routes use the same tokens with their own scope.
     let mut headers = http::HeaderMap::new();

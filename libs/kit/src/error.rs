@@ -91,8 +91,9 @@ impl ApiError {
         ApiError::new(Code::Unauthenticated, "UNAUTHENTICATED", message)
     }
 
-    /// An unexpected failure. The cause is logged here, with the caller's location and the request
-    /// id; the caller gets only the request id, so no internal detail (or secret) leaks.
+    /// An unexpected failure. The cause is logged here, with the location of the code that
+    /// turned it into an `ApiError` and the request id; the caller gets only the request id, so
+    /// no internal detail (or secret) leaks.
     #[track_caller]
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let location = Location::caller();

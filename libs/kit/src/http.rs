@@ -47,6 +47,8 @@ async fn readyz(State(state): State<EdgeState>) -> Response {
     if failures.is_empty() {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
+        // Names only: this endpoint needs no token, and the reasons (logged by run_checks) can
+        // name hosts and paths.
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "not ready", "failing": failures})),
@@ -55,11 +57,13 @@ async fn readyz(State(state): State<EdgeState>) -> Response {
     }
 }
 
+/// Runs every check; returns the names of the failing ones and logs why they fail.
 pub(crate) async fn run_checks(checks: &[(String, Arc<dyn ReadinessCheck>)]) -> Vec<String> {
     let mut failures = Vec::new();
     for (name, check) in checks {
         if let Err(reason) = check.check().await {
-            failures.push(format!("{name}: {reason}"));
+            tracing::warn!(check = %name, %reason, "readiness check failed");
+            failures.push(name.clone());
         }
     }
     failures

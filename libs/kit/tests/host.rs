@@ -135,9 +135,18 @@ async fn start(config: ServerConfig) -> Running {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let dependency_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut host = Host::new(config, Arc::new(TestAuth));
+    let authenticator: Arc<dyn Authenticator> = Arc::new(TestAuth);
+    let mut host = Host::new(config, authenticator.clone());
+    // A protected HTTP route, as later services mount them.
+    let protected = axum::Router::new()
+        .route("/v1/thing", axum::routing::get(|| async { "thing" }))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (authenticator, "things.read"),
+            switchyard_kit::http::require_scope,
+        ));
     host.add_service(Slow)
-        .add_readiness_check("dependency", Arc::new(Flag(dependency_up.clone())));
+        .add_readiness_check("dependency", Arc::new(Flag(dependency_up.clone())))
+        .merge_http(protected);
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(host.serve(grpc, http, shutdown.clone()));
     Running {
@@ -207,6 +216,7 @@ fn deadline_ms(headers: &http::HeaderMap) -> u64 {
 async fn deadlines_from_caller_and_default_are_enforced() {
     let server = start(ServerConfig {
         default_deadline: Duration::from_millis(300),
+        max_deadline: Duration::from_millis(800),
         ..ServerConfig::default()
     })
     .await;
@@ -224,7 +234,7 @@ async fn deadlines_from_caller_and_default_are_enforced() {
         "no caller deadline: the default, got {remaining}"
     );
 
-    // The caller's grpc-timeout reaches the handler when shorter than the default...
+    // The caller's grpc-timeout reaches the handler, shorter or longer than the default...
     let remaining = deadline_ms(
         &sleep_call(ch.clone(), 0, Some(Duration::from_millis(120)))
             .await
@@ -234,14 +244,23 @@ async fn deadlines_from_caller_and_default_are_enforced() {
         (20..=120).contains(&remaining),
         "caller deadline: got {remaining}"
     );
-    // ...and is capped by it when longer.
+    let remaining = deadline_ms(
+        &sleep_call(ch.clone(), 0, Some(Duration::from_millis(600)))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        (500..=600).contains(&remaining),
+        "longer caller deadline: got {remaining}"
+    );
+    // ...up to the maximum.
     let remaining = deadline_ms(
         &sleep_call(ch.clone(), 0, Some(Duration::from_secs(60)))
             .await
             .unwrap(),
     );
     assert!(
-        (200..=300).contains(&remaining),
+        (700..=800).contains(&remaining),
         "capped deadline: got {remaining}"
     );
 
@@ -287,6 +306,17 @@ async fn excess_concurrency_is_shed_not_queued() {
     let err = sleep_call(ch.clone(), 0, None).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(reason(&err), "OVERLOADED");
+    // Health still answers: probes must not fail because the server is busy.
+    let mut health = HealthClient::new(ch.clone());
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
     use tonic_types::StatusExt;
     assert!(
         err.get_error_details().retry_info().is_some(),

@@ -361,11 +361,21 @@ impl Drop for Tx {
             return;
         }
         match &mut self.inner {
-            // The connection is detached from the pool and closed, which makes the server roll
-            // the transaction back; reusing it would hand an open transaction to someone else.
+            // Early returns end most transactions this way (a NOT_FOUND, a failed check), so the
+            // connection is rolled back in the background and then returned to the pool. Without
+            // a runtime to do that, it is detached and closed instead, which makes the server
+            // roll back; either way no one is handed an open transaction.
             TxInner::Postgres(client) => {
-                if let Some(client) = client.take() {
-                    drop(deadpool_postgres::Object::take(client));
+                let Some(client) = client.take() else { return };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            if client.batch_execute("ROLLBACK").await.is_err() {
+                                drop(deadpool_postgres::Object::take(client));
+                            }
+                        });
+                    }
+                    Err(_) => drop(deadpool_postgres::Object::take(client)),
                 }
             }
             TxInner::Sqlite(conn) => {

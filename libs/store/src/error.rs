@@ -1,7 +1,7 @@
 use thiserror::Error;
 
-/// Errors of the record store. They carry driver context for the log; none of them contains the
-/// values bound to a statement.
+/// Errors of the record store. They carry driver context for the log, and a PostgreSQL error's
+/// detail can quote a value that violated a constraint: they are for logs, never for callers.
 #[derive(Debug, Error)]
 pub enum StoreError {
     /// The database URL or schema name is not usable.

@@ -20,40 +20,31 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::domain::error::CredentialError;
 use crate::domain::model::*;
 use crate::domain::service::{CreateInput, Credentials, UpdateField};
-
-/// Reading credential metadata, versions and expiry.
-pub const SCOPE_READ: &str = "credentials.read";
-/// Creating, changing, rotating and deleting credentials.
-pub const SCOPE_WRITE: &str = "credentials.write";
-/// Reading secret material.
-pub const SCOPE_ACCESS: &str = "credentials.access";
-/// Reading and verifying the audit log.
-pub const SCOPE_AUDIT: &str = "credentials.audit";
-/// Exporting and restoring backups.
-pub const SCOPE_BACKUP: &str = "credentials.backup";
+use crate::scopes;
 
 /// The scope of every method of `CredentialService`.
 pub const SCOPES: ScopeTable = ScopeTable {
     service: "switchyard.credentials.v1.CredentialService",
     methods: &[
-        ("CreateCredential", SCOPE_WRITE),
-        ("GetCredential", SCOPE_READ),
-        ("ListCredentials", SCOPE_READ),
-        ("UpdateCredential", SCOPE_WRITE),
-        ("DeleteCredential", SCOPE_WRITE),
-        ("UndeleteCredential", SCOPE_WRITE),
-        ("AccessCredential", SCOPE_ACCESS),
-        ("RotateCredential", SCOPE_WRITE),
-        ("ListCredentialVersions", SCOPE_READ),
-        ("DisableCredentialVersion", SCOPE_WRITE),
-        ("EnableCredentialVersion", SCOPE_WRITE),
-        ("ListExpiringCredentials", SCOPE_READ),
-        ("ListAuditEvents", SCOPE_AUDIT),
-        ("VerifyAuditChain", SCOPE_AUDIT),
-        ("ExportBackup", SCOPE_BACKUP),
-        ("RestoreBackup", SCOPE_BACKUP),
+        ("CreateCredential", scopes::WRITE),
+        ("GetCredential", scopes::READ),
+        ("ListCredentials", scopes::READ),
+        ("UpdateCredential", scopes::WRITE),
+        ("DeleteCredential", scopes::WRITE),
+        ("UndeleteCredential", scopes::WRITE),
+        ("AccessCredential", scopes::ACCESS),
+        ("RotateCredential", scopes::WRITE),
+        ("ListCredentialVersions", scopes::READ),
+        ("DisableCredentialVersion", scopes::WRITE),
+        ("EnableCredentialVersion", scopes::WRITE),
+        ("ListExpiringCredentials", scopes::READ),
+        ("ListAuditEvents", scopes::AUDIT),
+        ("VerifyAuditChain", scopes::AUDIT),
+        ("ExportBackup", scopes::BACKUP),
+        ("RestoreBackup", scopes::BACKUP),
     ],
-    // Refusals of AccessCredential are audited, so its handler checks the scope.
+    // Refusals of AccessCredential are audited, so its handler checks the scope. ExportBackup
+    // also reads material: its handler requires the access scope on top of the backup scope.
     checked_by_handler: &["AccessCredential"],
 };
 
@@ -485,7 +476,7 @@ impl CredentialService for CredentialApi {
         request: Request<pb::AccessCredentialRequest>,
     ) -> Result<Response<pb::AccessCredentialResponse>, Status> {
         let (caller, principal) = caller_of(&request)?;
-        let has_scope = principal.has_scope(SCOPE_ACCESS);
+        let has_scope = principal.has_scope(scopes::ACCESS);
         let accessed = self
             .domain
             .access(&caller, &request.get_ref().name, has_scope)
@@ -678,10 +669,14 @@ impl CredentialService for CredentialApi {
         &self,
         request: Request<pb::ExportBackupRequest>,
     ) -> Result<Response<Self::ExportBackupStream>, Status> {
-        let (caller, _) = caller_of(&request)?;
+        let (caller, principal) = caller_of(&request)?;
         let bundle = self
             .domain
-            .export(&caller, &request.get_ref().passphrase)
+            .export(
+                &caller,
+                &request.get_ref().passphrase,
+                principal.has_scope(scopes::ACCESS),
+            )
             .await
             .map_err(status)?;
         let messages = bundle
@@ -787,7 +782,7 @@ mod tests {
                 name: "credentials/x".into(),
                 state: "disabled",
             },
-            CredentialError::MissingScope(SCOPE_ACCESS),
+            CredentialError::MissingScope(scopes::ACCESS),
             CredentialError::AccessDenied("credentials/x".into()),
             CredentialError::Precondition("p".into()),
             CredentialError::BackupInvalid("b".into()),

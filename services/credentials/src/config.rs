@@ -19,6 +19,9 @@ pub struct CredentialsConfig {
     /// How often credentials that need attention (expiring, rotation overdue) are logged.
     #[serde(with = "humantime_serde")]
     pub attention_report_interval: Duration,
+    /// Shortest rotation period a policy may ask for.
+    #[serde(with = "humantime_serde")]
+    pub min_rotation_period: Duration,
     /// Versions kept when a rotation policy does not say.
     pub default_retained_versions: i64,
     /// Largest secret accepted, in bytes.
@@ -32,6 +35,7 @@ impl Default for CredentialsConfig {
             rotation_check_interval: Duration::from_secs(60),
             expiry_warning: Duration::from_secs(14 * 24 * 3600),
             attention_report_interval: Duration::from_secs(3600),
+            min_rotation_period: Duration::from_secs(60),
             default_retained_versions: 5,
             max_secret_bytes: 64 * 1024,
         }

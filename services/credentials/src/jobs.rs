@@ -1,5 +1,6 @@
 //! Background work: scheduled rotation, purging of soft-deleted credentials past their recovery
-//! window, and the report of credentials that need attention. Every replica runs the loop; the
+//! window, destruction of queued secret material, and the report of credentials that need
+//! attention. Every replica runs the loop; the
 //! domain's locks make each piece of work happen once.
 
 use std::time::Instant;
@@ -27,6 +28,11 @@ pub async fn run(domain: Credentials, config: CredentialsConfig, shutdown: Cance
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged deleted credentials"),
             Err(err) => tracing::error!(error = %err, "purge pass failed"),
+        }
+        match domain.sweep_garbage().await {
+            Ok(0) => {}
+            Ok(queued) => tracing::warn!(queued, "secret material is still queued for destruction"),
+            Err(err) => tracing::error!(error = %err, "destroying queued secret material failed"),
         }
         let log = last_report.is_none_or(|at| at.elapsed() >= config.attention_report_interval);
         match domain.report_attention(log).await {

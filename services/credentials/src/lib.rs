@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod jobs;
+pub mod scopes;
 pub mod store;
 
 use std::sync::Arc;

@@ -11,12 +11,20 @@ use crate::domain::model::{
 };
 
 /// The service's schema history.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "credentials, versions, labels and audit events",
-    postgres: include_str!("../migrations/postgres/0001_credentials.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_credentials.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "credentials, versions, labels and audit events",
+        postgres: include_str!("../migrations/postgres/0001_credentials.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_credentials.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "queue of secret material to destroy",
+        postgres: include_str!("../migrations/postgres/0002_secret_garbage.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_secret_garbage.sql"),
+    },
+];
 
 const CREDENTIAL_COLUMNS: &str = "tenant, id, kind, display_name, provider, labels, expire_time, \
     rotation_period_secs, retained_versions, allowed_subjects, state, current_version, \
@@ -212,6 +220,16 @@ pub async fn delete_credential(tx: &mut Tx, tenant: &str, id: &str) -> Result<()
     Ok(())
 }
 
+/// The stored names of the kinds Switchyard generates, as an SQL list: `'a', 'b'`.
+fn generatable_kinds() -> String {
+    Kind::ALL
+        .into_iter()
+        .filter(|kind| kind.is_generatable())
+        .map(|kind| format!("'{}'", kind.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Builds a statement's parameter list and hands out their `$n` placeholders.
 #[derive(Default)]
 struct Params(Vec<Value>);
@@ -296,11 +314,14 @@ pub async fn attention_counts(
 ) -> Result<Vec<(String, i64, i64)>> {
     let rows = tx
         .query(
-            "SELECT tenant, \
-               SUM(CASE WHEN expire_time IS NOT NULL AND expire_time <= $1 THEN 1 ELSE 0 END), \
-               SUM(CASE WHEN next_rotation_time IS NOT NULL AND next_rotation_time <= $2 \
-                        AND kind NOT IN ('webhook_signing_secret', 'generic') THEN 1 ELSE 0 END) \
-             FROM credentials WHERE state = 'active' GROUP BY tenant",
+            &format!(
+                "SELECT tenant, \
+                   SUM(CASE WHEN expire_time IS NOT NULL AND expire_time <= $1 THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN next_rotation_time IS NOT NULL AND next_rotation_time <= $2 \
+                            AND kind NOT IN ({}) THEN 1 ELSE 0 END) \
+                 FROM credentials WHERE state = 'active' GROUP BY tenant",
+                generatable_kinds()
+            ),
             &[before.into(), now.into()],
         )
         .await?;
@@ -324,11 +345,14 @@ pub async fn attention_list(
 ) -> Result<Vec<(String, String, Option<Micros>, Option<Micros>)>> {
     let rows = tx
         .query(
-            "SELECT tenant, id, expire_time, next_rotation_time FROM credentials \
-             WHERE state = 'active' AND ((expire_time IS NOT NULL AND expire_time <= $1) \
-               OR (next_rotation_time IS NOT NULL AND next_rotation_time <= $2 \
-                   AND kind NOT IN ('webhook_signing_secret', 'generic'))) \
-             ORDER BY tenant, id LIMIT $3",
+            &format!(
+                "SELECT tenant, id, expire_time, next_rotation_time FROM credentials \
+                 WHERE state = 'active' AND ((expire_time IS NOT NULL AND expire_time <= $1) \
+                   OR (next_rotation_time IS NOT NULL AND next_rotation_time <= $2 \
+                       AND kind NOT IN ({}))) \
+                 ORDER BY tenant, id LIMIT $3",
+                generatable_kinds()
+            ),
             &[before.into(), now.into(), (limit as i64).into()],
         )
         .await?;
@@ -526,10 +550,12 @@ pub async fn due_rotations(
 ) -> Result<Vec<(String, String, Kind)>> {
     let rows = tx
         .query(
-            "SELECT tenant, id, kind FROM credentials WHERE state = 'active' \
-             AND next_rotation_time IS NOT NULL AND next_rotation_time <= $1 \
-             AND kind IN ('webhook_signing_secret', 'generic') \
-             ORDER BY next_rotation_time LIMIT $2",
+            &format!(
+                "SELECT tenant, id, kind FROM credentials WHERE state = 'active' \
+                 AND next_rotation_time IS NOT NULL AND next_rotation_time <= $1 \
+                 AND kind IN ({}) ORDER BY next_rotation_time LIMIT $2",
+                generatable_kinds()
+            ),
             &[now.into(), (limit as i64).into()],
         )
         .await?;
@@ -698,4 +724,51 @@ pub async fn max_version(tx: &mut Tx, tenant: &str, id: &str) -> Result<i64> {
         )
         .await?;
     Ok(row.get::<Option<i64>>(0)?.unwrap_or(0))
+}
+
+// --- material to destroy --------------------------------------------------------------------------
+
+/// Queues material for destruction, in the transaction that drops its last reference.
+pub async fn queue_garbage(tx: &mut Tx, tenant: &str, refs: &[String], now: Micros) -> Result<()> {
+    for secret_ref in refs {
+        tx.execute(
+            "INSERT INTO secret_garbage (secret_ref, tenant, queued_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (secret_ref) DO NOTHING",
+            &[secret_ref.as_str().into(), tenant.into(), now.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The oldest queued references, counting an attempt on each.
+pub async fn garbage_batch(tx: &mut Tx, limit: usize) -> Result<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT secret_ref FROM secret_garbage ORDER BY queued_at LIMIT $1",
+            &[(limit as i64).into()],
+        )
+        .await?;
+    let refs: Vec<String> = rows
+        .iter()
+        .map(|row| row.get(0))
+        .collect::<Result<_, _>>()?;
+    for secret_ref in &refs {
+        tx.execute(
+            "UPDATE secret_garbage SET attempts = attempts + 1 WHERE secret_ref = $1",
+            &[secret_ref.as_str().into()],
+        )
+        .await?;
+    }
+    Ok(refs)
+}
+
+/// Forgets a reference whose material is destroyed.
+pub async fn remove_garbage(tx: &mut Tx, secret_ref: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM secret_garbage WHERE secret_ref = $1",
+        &[secret_ref.into()],
+    )
+    .await?;
+    Ok(())
 }

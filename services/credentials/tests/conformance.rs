@@ -75,12 +75,14 @@ conformance!(
     expiry_and_attention,
     audit_chain_detects_tampering,
     backup_round_trip_into_fresh_store,
+    export_needs_the_rights_of_access,
     tenants_are_isolated,
 );
 
 fn config() -> CredentialsConfig {
     CredentialsConfig {
         recovery_window: Duration::from_millis(200),
+        min_rotation_period: Duration::from_secs(1),
         ..CredentialsConfig::default()
     }
 }
@@ -518,6 +520,14 @@ async fn rotation_versions_and_retention(b: Backend) {
     let mut create = input("hook", Kind::WebhookSigningSecret, "whsec_first");
     create.spec.rotation.retained_versions = 3;
     b.domain.create(&acme, create).await.unwrap();
+    let first_ref: String = b
+        .db
+        .query_opt("SELECT secret_ref FROM credential_versions WHERE credential_id = 'hook' AND version = 1", &[])
+        .await
+        .unwrap()
+        .unwrap()
+        .get(0)
+        .unwrap();
 
     let (credential, v2) = b
         .domain
@@ -580,6 +590,20 @@ async fn rotation_versions_and_retention(b: Backend) {
             (1, VersionState::Destroyed)
         ],
         "retention keeps 3 versions"
+    );
+    let queued =
+        b.db.query_opt("SELECT COUNT(*) FROM secret_garbage", &[])
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(queued.get::<i64>(0).unwrap(), 0, "nothing left queued");
+    let first = switchyard_secrets::SecretRef::parse(first_ref).unwrap();
+    assert!(
+        matches!(
+            b.domain.secrets().get(&first).await,
+            Err(switchyard_secrets::SecretError::NotFound(_))
+        ),
+        "the destroyed version's material is gone from the secret store"
     );
     assert!(matches!(
         b.domain
@@ -823,11 +847,11 @@ async fn backup_round_trip_into_fresh_store(b: Backend) {
     b.domain.delete(&acme, "gone", "").await.unwrap();
 
     assert!(
-        b.domain.export(&acme, "short").await.is_err(),
+        b.domain.export(&acme, "short", true).await.is_err(),
         "passphrases are at least 16 characters"
     );
     let passphrase = "a long operator passphrase";
-    let bundle = collect(b.domain.export(&acme, passphrase).await.unwrap()).await;
+    let bundle = collect(b.domain.export(&acme, passphrase, true).await.unwrap()).await;
     for secret in ["whsec_v1", "whsec_v2", "sk-key", "sk-gone"] {
         assert!(
             !contains(&bundle, secret.as_bytes()),
@@ -944,7 +968,7 @@ async fn backup_round_trip_into_fresh_store(b: Backend) {
         )
         .await
         .unwrap();
-    let newer = collect(b.domain.export(&acme, passphrase).await.unwrap()).await;
+    let newer = collect(b.domain.export(&acme, passphrase, true).await.unwrap()).await;
     let report = restore(newer, "a long operator passphrase").await.unwrap();
     assert_eq!(
         (report.credentials_created, report.versions_restored),
@@ -1040,5 +1064,71 @@ async fn tenants_are_isolated(b: Backend) {
             .unwrap()
             .problem
             .is_none()
+    );
+}
+
+async fn export_needs_the_rights_of_access(b: Backend) {
+    use futures::TryStreamExt;
+
+    let acme = caller("acme");
+    b.domain
+        .create(&acme, input("open", Kind::ApiKey, "k"))
+        .await
+        .unwrap();
+    let passphrase = "a long operator passphrase";
+    assert!(matches!(
+        b.domain.export(&acme, passphrase, false).await,
+        Err(CredentialError::MissingScope(_))
+    ));
+
+    let mut restricted = input("restricted", Kind::ApiKey, "k");
+    restricted.spec.allowed_subjects = vec!["service:ai".into()];
+    b.domain.create(&acme, restricted).await.unwrap();
+    let stream = b.domain.export(&acme, passphrase, true).await.unwrap();
+    let err = stream.try_concat().await.unwrap_err();
+    assert!(matches!(err, CredentialError::AccessDenied(_)), "{err:?}");
+
+    let ai = Caller {
+        subject: "service:ai".into(),
+        ..acme.clone()
+    };
+    collect(b.domain.export(&ai, passphrase, true).await.unwrap()).await;
+    let events = b
+        .domain
+        .list_audit(
+            &acme,
+            &AuditFilter {
+                action: Some("ExportBackup".into()),
+                ..AuditFilter::default()
+            },
+            0,
+            "",
+        )
+        .await
+        .unwrap()
+        .items;
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.principal.as_str(),
+                e.resource.as_str(),
+                e.result_code.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("alice", "credentials", "PERMISSION_DENIED"),
+            ("alice", "credentials", "OK"),
+            ("alice", "credentials/open", "OK"),
+            ("alice", "credentials/restricted", "PERMISSION_DENIED"),
+            ("service:ai", "credentials", "OK"),
+            ("service:ai", "credentials/open", "OK"),
+            ("service:ai", "credentials/restricted", "OK"),
+            ("service:ai", "credentials", "OK"),
+        ],
+        "every exported credential is audited"
     );
 }

@@ -90,9 +90,22 @@ impl Default for DatabaseConfig {
 }
 
 impl Config {
-    /// Loads defaults, then `file`, then `SWITCHYARD_*` variables.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        switchyard_kit::config::load(file)
+    /// Loads defaults, then `file`, then `SWITCHYARD_*` variables naming a section or key of the
+    /// configuration; returns the configuration and the `SWITCHYARD_*` variables left alone.
+    pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
+        const TOP_LEVEL_KEYS: &[&str] = &[
+            "grpc_addr",
+            "http_addr",
+            "data_dir",
+            "log",
+            "server",
+            "database",
+            "auth",
+            "secrets",
+            "credentials",
+        ];
+        let loaded = switchyard_kit::config::load(file, TOP_LEVEL_KEYS)?;
+        Ok((loaded.config, loaded.ignored_variables))
     }
 
     /// Checks every section; the error names the key.
@@ -100,10 +113,11 @@ impl Config {
         self.server.validate()?;
         self.auth.validate()?;
         self.credentials.validate()?;
-        if self.database.pool_size == 0 {
+        // Background passes hold one connection for their lock while their work takes another.
+        if self.database.pool_size < 2 {
             return Err(ConfigError::invalid(
                 "database.pool_size",
-                "must be at least 1",
+                "must be at least 2",
             ));
         }
         Ok(())

@@ -122,8 +122,16 @@ fn main() -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let (mut config, ignored) = Config::load(cli.config.as_deref())?;
     switchyard_kit::telemetry::init_logging(&config.log).map_err(anyhow::Error::msg)?;
+    // SWITCHYARD_CONFIG is the file's path (read by clap), not a key.
+    let ignored: Vec<_> = ignored
+        .into_iter()
+        .filter(|name| name != "SWITCHYARD_CONFIG")
+        .collect();
+    if !ignored.is_empty() {
+        tracing::warn!(variables = ?ignored, "ignoring SWITCHYARD_* variables that name no configuration section");
+    }
     match cli.command {
         Command::Up(listen) => {
             listen.apply(&mut config);

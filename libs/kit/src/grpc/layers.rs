@@ -4,8 +4,8 @@
 //!    that it sees every outcome, including requests refused by the layers below.
 //! 2. [`ShedLayer`]: a concurrency limit that refuses at once (RESOURCE_EXHAUSTED with RetryInfo)
 //!    instead of queueing, before any work such as token verification is spent on the request.
-//! 3. [`DeadlineLayer`]: the caller's `grpc-timeout`, capped by the configured default, enforced
-//!    with DEADLINE_EXCEEDED and handed to handlers as a [`Deadline`] extension.
+//! 3. [`DeadlineLayer`]: the caller's `grpc-timeout` (or the configured default), enforced with
+//!    DEADLINE_EXCEEDED and handed to handlers as a [`Deadline`] extension.
 //! 4. [`AuthLayer`]: the [`Authenticator`]; innermost so the span and deadline already apply.
 
 use std::collections::HashSet;
@@ -261,7 +261,11 @@ impl HttpBody for ObservedBody {
 // ---------------------------------------------------------------------------------------------
 // Shed
 
+/// Paths of the health service, which load shedding never refuses.
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
 /// Refuses RPCs beyond `max_concurrency` at once, with RESOURCE_EXHAUSTED and a retry hint.
+/// Health checks are exempt.
 ///
 /// A permit is held until the handler returns its response; a server-streaming body then
 /// continues without one.
@@ -314,6 +318,10 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // Health checks are cheap and must answer under load, or probes restart busy pods.
+        if request.uri().path().starts_with(HEALTH_PREFIX) {
+            return Box::pin(take_ready(&mut self.inner).call(request));
+        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("switchyard_grpc_shed_total").increment(1);
             let err = ApiError::new(
@@ -340,17 +348,23 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
 
-/// Enforces each RPC's deadline: the caller's `grpc-timeout`, or `default` if it is longer or
-/// absent.
+/// Enforces each RPC's deadline: the caller's `grpc-timeout` up to `max`; without one,
+/// `default` for unary RPCs and `max` for streaming ones, whose transfers take longer.
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     default: Duration,
+    max: Duration,
+    streaming: Arc<HashSet<String>>,
 }
 
 impl DeadlineLayer {
-    /// Deadlines are capped at `default`.
-    pub fn new(default: Duration) -> Self {
-        DeadlineLayer { default }
+    /// `streaming` lists the method paths with a streaming request or response.
+    pub fn new(default: Duration, max: Duration, streaming: HashSet<String>) -> Self {
+        DeadlineLayer {
+            default,
+            max,
+            streaming: Arc::new(streaming),
+        }
     }
 }
 
@@ -360,7 +374,7 @@ impl<S> Layer<S> for DeadlineLayer {
     fn layer(&self, inner: S) -> Self::Service {
         DeadlineService {
             inner,
-            default: self.default,
+            layer: self.clone(),
         }
     }
 }
@@ -369,7 +383,7 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct DeadlineService<S> {
     inner: S,
-    default: Duration,
+    layer: DeadlineLayer,
 }
 
 impl<S> Service<Request<Body>> for DeadlineService<S>
@@ -389,12 +403,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let layer = &self.layer;
         let timeout = match request
             .headers()
             .get("grpc-timeout")
             .map(parse_grpc_timeout)
         {
-            Some(Some(requested)) => requested.min(self.default),
+            Some(Some(requested)) => requested.min(layer.max),
             Some(None) => {
                 let err = ApiError::new(
                     Code::InvalidArgument,
@@ -403,7 +418,8 @@ where
                 );
                 return Box::pin(async move { Ok(status_response(err)) });
             }
-            None => self.default,
+            None if layer.streaming.contains(request.uri().path()) => layer.max,
+            None => layer.default,
         };
         request
             .extensions_mut()

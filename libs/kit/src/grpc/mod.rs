@@ -134,9 +134,11 @@ impl Host {
         self
     }
 
-    /// Every method of every registered descriptor set, as `/package.Service/Method` paths.
-    pub fn method_paths(&self) -> Result<HashSet<String>, prost::DecodeError> {
+    /// Every method of every registered descriptor set, as `/package.Service/Method` paths, and
+    /// the subset whose request or response is a stream.
+    pub fn method_paths(&self) -> Result<(HashSet<String>, HashSet<String>), prost::DecodeError> {
         let mut paths = HashSet::new();
+        let mut streaming = HashSet::new();
         let sets = self
             .descriptor_sets
             .iter()
@@ -149,15 +151,16 @@ impl Host {
                 for service in file.service {
                     let service_name = service.name.unwrap_or_default();
                     for method in service.method {
-                        paths.insert(format!(
-                            "/{package}.{service_name}/{}",
-                            method.name.unwrap_or_default()
-                        ));
+                        let path = format!("/{package}.{service_name}/{}", method.name());
+                        if method.client_streaming() || method.server_streaming() {
+                            streaming.insert(path.clone());
+                        }
+                        paths.insert(path);
                     }
                 }
             }
         }
-        Ok(paths)
+        Ok((paths, streaming))
     }
 
     /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` is cancelled, then drains:
@@ -169,7 +172,7 @@ impl Host {
         http: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), ServeError> {
-        let known_methods = self.method_paths()?;
+        let (known_methods, streaming_methods) = self.method_paths()?;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let ready = Arc::new(AtomicBool::new(true));
         let checks = Arc::new(self.checks);
@@ -196,7 +199,11 @@ impl Host {
         let grpc_server = tonic::transport::Server::builder()
             .layer(layers::ObserveLayer::new(known_methods))
             .layer(layers::ShedLayer::new(self.config.max_concurrency))
-            .layer(layers::DeadlineLayer::new(self.config.default_deadline))
+            .layer(layers::DeadlineLayer::new(
+                self.config.default_deadline,
+                self.config.max_deadline,
+                streaming_methods,
+            ))
             .layer(layers::AuthLayer::new(self.authenticator.clone()))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(

@@ -22,8 +22,10 @@ use super::model::{CredentialSpec, Kind, Micros, Origin, State, VersionState};
 
 const MAGIC: &[u8; 8] = b"SWYDBAK1";
 const HEADER_LEN: usize = 8 + 4 * 3 + 16 + 16;
-/// Largest frame accepted: a credential with many versions of the largest secrets fits.
-const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest frame: one credential with its versions. The largest valid one (100 versions of
+/// 1 MiB, base64 in JSON) is about 134 MiB; the writer refuses anything larger, so every bundle
+/// it writes can be read back.
+const MAX_FRAME: usize = 160 * 1024 * 1024;
 /// Shortest passphrase accepted.
 pub const MIN_PASSPHRASE: usize = 16;
 
@@ -101,9 +103,17 @@ enum Frame {
     End { records: u64 },
 }
 
-fn derive_key(
-    passphrase: &str,
-    salt: &[u8],
+// Bounds on the parameters a bundle's header may ask for: a crafted header must not make the
+// server spend more memory or time than a few times the default.
+const MAX_M_COST_KIB: u32 = 64 * 1024;
+const MAX_T_COST: u32 = 8;
+const MAX_P_COST: u32 = 4;
+
+/// Argon2id on a blocking thread: it takes tens of milliseconds and megabytes by design, which
+/// must not stall the async workers.
+async fn derive_key(
+    passphrase: Zeroizing<String>,
+    salt: [u8; 16],
     m: u32,
     t: u32,
     p: u32,
@@ -111,11 +121,15 @@ fn derive_key(
     let params = Params::new(m, t, p, Some(32)).map_err(|err| {
         CredentialError::BackupInvalid(format!("key derivation parameters: {err}"))
     })?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    Argon2::new(Algorithm::Argon2id, ArgonVersion::V0x13, params)
-        .hash_password_into(passphrase.as_bytes(), salt, key.as_mut())
-        .map_err(|err| CredentialError::BackupInvalid(format!("key derivation: {err}")))?;
-    Ok(key)
+    tokio::task::spawn_blocking(move || {
+        let mut key = Zeroizing::new([0u8; 32]);
+        Argon2::new(Algorithm::Argon2id, ArgonVersion::V0x13, params)
+            .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
+            .map_err(|err| CredentialError::BackupInvalid(format!("key derivation: {err}")))?;
+        Ok(key)
+    })
+    .await
+    .map_err(|err| CredentialError::BackupInvalid(format!("key derivation: {err}")))?
 }
 
 fn nonce(prefix: &[u8; 16], counter: u64) -> XNonce {
@@ -150,12 +164,13 @@ impl std::fmt::Debug for BundleWriter {
 
 impl BundleWriter {
     /// Derives the key and returns the writer with the header bytes to emit first.
-    pub fn new(passphrase: &str) -> Result<(Self, Vec<u8>)> {
+    pub async fn new(passphrase: &str) -> Result<(Self, Vec<u8>)> {
         let mut salt = [0u8; 16];
         let mut prefix = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         rand::rngs::OsRng.fill_bytes(&mut prefix);
-        let key = derive_key(passphrase, &salt, M_COST_KIB, T_COST, P_COST)?;
+        let passphrase = Zeroizing::new(passphrase.to_owned());
+        let key = derive_key(passphrase, salt, M_COST_KIB, T_COST, P_COST).await?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         for value in [M_COST_KIB, T_COST, P_COST] {
@@ -189,6 +204,12 @@ impl BundleWriter {
             )
             .map_err(|_| CredentialError::BackupInvalid("encryption failed".into()))?;
         self.counter += 1;
+        if ciphertext.len() > MAX_FRAME {
+            return Err(CredentialError::BackupInvalid(format!(
+                "a credential's versions take {} bytes, more than a frame holds ({MAX_FRAME})",
+                ciphertext.len()
+            )));
+        }
         let length = u32::try_from(ciphertext.len())
             .map_err(|_| CredentialError::BackupInvalid("frame too large".into()))?;
         let mut out = Vec::with_capacity(4 + ciphertext.len());
@@ -257,7 +278,7 @@ impl BundleReader {
     }
 
     /// The next complete record, if enough bytes have arrived.
-    pub fn next_record(&mut self) -> Result<Option<BackupRecord>> {
+    pub async fn next_record(&mut self) -> Result<Option<BackupRecord>> {
         loop {
             match &mut self.state {
                 ReaderState::Done => {
@@ -284,13 +305,14 @@ impl BundleReader {
                         u32::from_be_bytes(bytes)
                     };
                     let (m, t, p) = (read_u32(8), read_u32(12), read_u32(16));
-                    // A crafted header must not make the server spend unbounded memory or time.
-                    if m > 1024 * 1024 || t > 16 || p > 16 {
+                    if m > MAX_M_COST_KIB || t > MAX_T_COST || p > MAX_P_COST {
                         return Err(CredentialError::BackupInvalid(
                             "key derivation parameters out of range".into(),
                         ));
                     }
-                    let key = derive_key(&self.passphrase, &header[20..36], m, t, p)?;
+                    let mut salt = [0u8; 16];
+                    salt.copy_from_slice(&header[20..36]);
+                    let key = derive_key(self.passphrase.clone(), salt, m, t, p).await?;
                     let mut prefix = [0u8; 16];
                     prefix.copy_from_slice(&header[36..52]);
                     self.state = ReaderState::Frames {
@@ -410,8 +432,8 @@ mod tests {
 
     const PASS: &str = "correct horse battery staple";
 
-    fn bundle(records: &[(&str, &str)]) -> Vec<u8> {
-        let (mut writer, mut out) = BundleWriter::new(PASS).unwrap();
+    async fn bundle(records: &[(&str, &str)]) -> Vec<u8> {
+        let (mut writer, mut out) = BundleWriter::new(PASS).await.unwrap();
         for (id, material) in records {
             out.extend(writer.record(record(id, material)).unwrap());
         }
@@ -419,12 +441,12 @@ mod tests {
         out
     }
 
-    fn read_all(bytes: &[u8], passphrase: &str, chunk: usize) -> Result<Vec<BackupRecord>> {
+    async fn read_all(bytes: &[u8], passphrase: &str, chunk: usize) -> Result<Vec<BackupRecord>> {
         let mut reader = BundleReader::new(passphrase);
         let mut out = Vec::new();
         for piece in bytes.chunks(chunk) {
             reader.push(piece)?;
-            while let Some(record) = reader.next_record()? {
+            while let Some(record) = reader.next_record().await? {
                 out.push(record);
             }
         }
@@ -432,12 +454,12 @@ mod tests {
         Ok(out)
     }
 
-    #[test]
-    fn round_trip_in_any_chunking_without_plaintext() {
-        let bytes = bundle(&[("a", "c2VjcmV0LWE"), ("b", "c2VjcmV0LWI")]);
+    #[tokio::test]
+    async fn round_trip_in_any_chunking_without_plaintext() {
+        let bytes = bundle(&[("a", "c2VjcmV0LWE"), ("b", "c2VjcmV0LWI")]).await;
         assert!(!bytes.windows(11).any(|w| w == b"c2VjcmV0LWE"));
         for chunk in [1, 7, 4096] {
-            let records = read_all(&bytes, PASS, chunk).unwrap();
+            let records = read_all(&bytes, PASS, chunk).await.unwrap();
             assert_eq!(records.len(), 2);
             assert_eq!(
                 records[1].versions[0].material.as_deref(),
@@ -446,10 +468,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn wrong_passphrase_truncation_and_tampering_are_refused() {
-        let bytes = bundle(&[("a", "x"), ("b", "y")]);
-        let err = read_all(&bytes, "a wrong passphrase!!", 4096).unwrap_err();
+    #[tokio::test]
+    async fn wrong_passphrase_truncation_and_tampering_are_refused() {
+        let bytes = bundle(&[("a", "x"), ("b", "y")]).await;
+        let err = read_all(&bytes, "a wrong passphrase!!", 4096)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("wrong passphrase"), "{err}");
 
         let last_frame_start = bytes.len()
@@ -457,17 +481,19 @@ mod tests {
                 + serde_json::to_vec(&Frame::End { records: 2 })
                     .unwrap()
                     .len());
-        let err = read_all(&bytes[..last_frame_start], PASS, 4096).unwrap_err();
+        let err = read_all(&bytes[..last_frame_start], PASS, 4096)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
 
         let mut tampered = bytes.clone();
         let middle = HEADER_LEN + 10;
         tampered[middle] ^= 1;
-        assert!(read_all(&tampered, PASS, 4096).is_err());
+        assert!(read_all(&tampered, PASS, 4096).await.is_err());
 
         let mut extended = bytes.clone();
         extended.push(0);
-        assert!(read_all(&extended, PASS, 4096).is_err());
+        assert!(read_all(&extended, PASS, 4096).await.is_err());
 
         assert!(
             read_all(
@@ -475,6 +501,7 @@ mod tests {
                 PASS,
                 4096
             )
+            .await
             .is_err()
         );
     }

@@ -77,6 +77,17 @@ impl CredentialError {
         }
     }
 
+    /// What the audit log records of this error, which the tenant can read: the message of
+    /// errors about the request, and only a generic phrase for failures of the stores, whose
+    /// messages can name hosts, paths or database details.
+    pub fn audit_detail(&self) -> String {
+        match self {
+            CredentialError::Secrets(_) => "secret store error".to_owned(),
+            CredentialError::Store(_) => "database error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     /// One invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         CredentialError::Invalid(vec![FieldViolation::new(field, description)])

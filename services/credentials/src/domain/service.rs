@@ -1,10 +1,12 @@
 //! The credentials domain: every operation of the service, with its validation, its effects on
 //! the record and secret stores, and its audit entry.
 //!
-//! Secret material is written before the records that point at it and destroyed after the
-//! records that pointed at it are gone, so a crash leaves at worst unreferenced ciphertext, never
-//! a record without its material. No transaction is held across a secret-store call that can be
-//! slow (Vault), except during backup restore.
+//! Secret material is written before the records that point at it. When records stop pointing at
+//! material (retention, purge), the transaction that drops the reference also queues it for
+//! destruction, and the material is destroyed after the commit, or later by the sweep if the
+//! secret store fails. A crash therefore leaves at worst unreferenced ciphertext (a write whose
+//! record never committed), never a record without its material. No transaction is held across a
+//! secret-store call.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use super::generate::generate;
 use super::model::*;
 use super::validate::{self, Violations};
 use crate::config::CredentialsConfig;
+use crate::scopes;
 use crate::store;
 
 /// The fields UpdateCredential can change.
@@ -50,6 +53,16 @@ struct NewVersion<'a> {
     request_id: Option<&'a str>,
     action: &'a str,
     only_if_due: bool,
+}
+
+/// A version added by `add_version`, or found there because a retry added it first.
+struct AddedVersion {
+    credential: Credential,
+    version: Version,
+    /// References of versions the retention policy destroyed, queued for destruction.
+    destroyed: Vec<String>,
+    /// False when the version existed already and the material just written is not needed.
+    fresh: bool,
 }
 
 /// What CreateCredential asks for.
@@ -80,6 +93,15 @@ pub struct Accessed {
     pub expire_time: Option<Micros>,
 }
 
+/// Where an export stands between two batches.
+struct ExportState {
+    this: Credentials,
+    caller: Caller,
+    writer: Option<BundleWriter>,
+    after: Option<String>,
+    exported: u64,
+}
+
 /// A stream of backup bundle bytes.
 pub type BundleStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>>> + Send>>;
 
@@ -89,6 +111,8 @@ pub struct Credentials {
     db: Db,
     secrets: Arc<dyn SecretStore>,
     config: CredentialsConfig,
+    /// Tenants whose attention gauges were last set, so that they can be zeroed when they clear.
+    reported_tenants: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 fn page_error(field: &str) -> impl Fn(PageError) -> CredentialError + '_ {
@@ -110,6 +134,7 @@ impl Credentials {
             db,
             secrets,
             config,
+            reported_tenants: Arc::default(),
         }
     }
 
@@ -121,6 +146,17 @@ impl Credentials {
     /// The secret store.
     pub fn secrets(&self) -> &Arc<dyn SecretStore> {
         &self.secrets
+    }
+
+    fn check_rotation_period(&self, violations: &mut Violations, spec: &CredentialSpec) {
+        let period = spec.rotation.rotation_period_secs;
+        let min = i64::try_from(self.config.min_rotation_period.as_secs()).unwrap_or(i64::MAX);
+        if period != 0 && period < min {
+            violations.add(
+                "credential.rotation_policy.rotation_period",
+                format!("must be 0 (no scheduled rotation) or at least {min} seconds"),
+            );
+        }
     }
 
     fn retained(&self, credential: &Credential) -> i64 {
@@ -157,6 +193,7 @@ impl Credentials {
         let mut violations = Violations::default();
         validate::credential_id(&mut violations, "credential_id", &input.id);
         validate::spec(&mut violations, "credential", &input.spec, now, true);
+        self.check_rotation_period(&mut violations, &input.spec);
         match input.kind {
             None => violations.add("credential.kind", "required"),
             Some(kind) => validate::payload(
@@ -252,6 +289,17 @@ impl Credentials {
         .await;
         if let Err(err) = written {
             self.forget(vec![secret.as_str().to_owned()]).await;
+            // A concurrent retry with the same request id won the race: its result is ours.
+            if let (CredentialError::AlreadyExists(_), Some(request_id)) = (&err, &input.request_id)
+            {
+                let mut tx = self.db.begin().await?;
+                let winner =
+                    store::credential_by_request_id(&mut tx, &caller.tenant, request_id).await?;
+                tx.commit().await?;
+                if let Some(winner) = winner.filter(|w| w.id == input.id) {
+                    return Ok(winner);
+                }
+            }
             return Err(err);
         }
         Ok(credential)
@@ -273,6 +321,12 @@ impl Credentials {
         page_size: i32,
         page_token: &str,
     ) -> Result<Page<Credential>> {
+        let mut violations = Violations::default();
+        validate::labels(&mut violations, "labels", &filter.labels);
+        if filter.provider.as_ref().is_some_and(|p| p.len() > 63) {
+            violations.add("provider", "must be at most 63 characters");
+        }
+        violations.finish()?;
         let size = page::page_size(page_size).map_err(page_error("page_size"))?;
         let fingerprint = page::filter_fingerprint(&filter.fingerprint_source());
         let after: Option<String> =
@@ -295,16 +349,6 @@ impl Credentials {
         etag: &str,
     ) -> Result<Credential> {
         let now = now_micros();
-        let mut violations = Violations::default();
-        validate::spec(
-            &mut violations,
-            "credential",
-            &spec,
-            now,
-            mask.contains(&UpdateField::ExpireTime),
-        );
-        violations.finish()?;
-
         let mut tx = self.db.begin().await?;
         let mut credential = self.load(&mut tx, &caller.tenant, id, true).await?;
         if !etag.is_empty() && etag != credential.etag() {
@@ -339,6 +383,20 @@ impl Credentials {
                 }
             }
         }
+        // The merged result is checked: fields outside the mask keep their stored values.
+        let mut violations = Violations::default();
+        let check_expiry = mask.contains(&UpdateField::ExpireTime);
+        validate::spec(
+            &mut violations,
+            "credential",
+            &credential.spec,
+            now,
+            check_expiry,
+        );
+        if mask.contains(&UpdateField::RotationPolicy) {
+            self.check_rotation_period(&mut violations, &credential.spec);
+        }
+        violations.finish()?;
         credential.revision += 1;
         credential.update_time = now;
         store::update_credential(&mut tx, &credential).await?;
@@ -438,7 +496,7 @@ impl Credentials {
         let outcome = self.access_unaudited(caller, name, has_scope).await;
         let (resource, code, detail) = match &outcome {
             Ok(accessed) => (accessed.name.clone(), "OK", String::new()),
-            Err(err) => (name.to_owned(), err.result_code(), err.to_string()),
+            Err(err) => (name.to_owned(), err.result_code(), err.audit_detail()),
         };
         let now = now_micros();
         let mut tx = self.db.begin().await?;
@@ -468,7 +526,7 @@ impl Credentials {
         has_scope: bool,
     ) -> Result<Accessed> {
         if !has_scope {
-            return Err(CredentialError::MissingScope(crate::api::SCOPE_ACCESS));
+            return Err(CredentialError::MissingScope(scopes::ACCESS));
         }
         let (id, requested) = validate::parse_access_name("name", name)?;
         let now = now_micros();
@@ -623,9 +681,13 @@ impl Credentials {
             .put(&secret_scope(&caller.tenant, id), material)
             .await?;
         match self.add_version(caller, id, &secret, new).await {
-            Ok(Some((credential, version, destroyed))) => {
-                self.forget(destroyed).await;
-                Ok(Some((credential, version)))
+            Ok(Some(added)) => {
+                if added.fresh {
+                    self.collect_garbage(added.destroyed).await;
+                } else {
+                    self.forget(vec![secret.as_str().to_owned()]).await;
+                }
+                Ok(Some((added.credential, added.version)))
             }
             Ok(None) => {
                 self.forget(vec![secret.as_str().to_owned()]).await;
@@ -644,7 +706,7 @@ impl Credentials {
         id: &str,
         secret: &SecretRef,
         new: NewVersion<'_>,
-    ) -> Result<Option<(Credential, Version, Vec<String>)>> {
+    ) -> Result<Option<AddedVersion>> {
         let now = now_micros();
         let mut tx = self.db.begin().await?;
         let mut credential = self.load(&mut tx, &caller.tenant, id, true).await?;
@@ -658,7 +720,28 @@ impl Credentials {
             return Ok(None);
         }
         let (origin, request_id, action) = (new.origin, new.request_id, new.action);
-        let number = store::max_version(&mut tx, &caller.tenant, id).await? + 1;
+        // Under the row lock, a concurrent retry with the same request id is seen here.
+        if let Some(request_id) = request_id
+            && let Some(existing) =
+                store::version_by_request_id(&mut tx, &caller.tenant, id, request_id).await?
+        {
+            return Ok(Some(AddedVersion {
+                credential,
+                version: existing,
+                destroyed: Vec::new(),
+                fresh: false,
+            }));
+        }
+        let number = store::max_version(&mut tx, &caller.tenant, id)
+            .await?
+            .checked_add(1)
+            .filter(|n| *n <= validate::MAX_VERSION)
+            .ok_or_else(|| {
+                CredentialError::Precondition(format!(
+                    "{} has no version numbers left",
+                    credential_name(id)
+                ))
+            })?;
         let version = Version {
             credential_id: id.to_owned(),
             version: number,
@@ -699,6 +782,7 @@ impl Credentials {
             .await?;
             destroyed.extend(secret);
         }
+        store::queue_garbage(&mut tx, &caller.tenant, &destroyed, now).await?;
         let detail = format!(
             "version {number} ({}); {} old versions destroyed",
             origin.as_str(),
@@ -717,7 +801,12 @@ impl Credentials {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some((credential, version, destroyed)))
+        Ok(Some(AddedVersion {
+            credential,
+            version,
+            destroyed,
+            fresh: true,
+        }))
     }
 
     /// Lists versions, newest first.
@@ -751,6 +840,12 @@ impl Credentials {
         let now = now_micros();
         let mut tx = self.db.begin().await?;
         let credential = self.load(&mut tx, &caller.tenant, id, true).await?;
+        if credential.state == State::Deleted {
+            return Err(CredentialError::Precondition(format!(
+                "{} is deleted; undelete it first",
+                credential.name()
+            )));
+        }
         let (mut version, _) = store::get_version(&mut tx, &caller.tenant, id, number)
             .await?
             .ok_or_else(|| CredentialError::NotFound(version_name(id, number)))?;
@@ -821,6 +916,18 @@ impl Credentials {
         page_size: i32,
         page_token: &str,
     ) -> Result<Page<AuditEvent>> {
+        let mut violations = Violations::default();
+        for (field, value) in [
+            ("resource", &filter.resource),
+            ("action", &filter.action),
+            ("principal", &filter.principal),
+            ("result_code", &filter.result_code),
+        ] {
+            if let Some(value) = value {
+                validate::text(&mut violations, field, value, 300);
+            }
+        }
+        violations.finish()?;
         let size = page::page_size(page_size).map_err(page_error("page_size"))?;
         let fingerprint = page::filter_fingerprint(&filter.fingerprint_source());
         let after: Option<i64> =
@@ -864,66 +971,141 @@ impl Credentials {
     // --- backup -------------------------------------------------------------------------------
 
     /// Streams an encrypted bundle of every credential and version of the caller's tenant.
-    pub async fn export(&self, caller: &Caller, passphrase: &str) -> Result<BundleStream> {
-        if passphrase.chars().count() < MIN_PASSPHRASE {
-            return Err(CredentialError::invalid(
+    ///
+    /// Exporting reads secret material, so it takes what AccessCredential takes: the access scope
+    /// (`has_access_scope`) and a place on every credential's access policy. Each exported
+    /// credential is audited. A credential the caller may not read ends the stream with an error
+    /// before the last frame, so no partial bundle can be restored.
+    pub async fn export(
+        &self,
+        caller: &Caller,
+        passphrase: &str,
+        has_access_scope: bool,
+    ) -> Result<BundleStream> {
+        let checked = if !has_access_scope {
+            Err(CredentialError::MissingScope(scopes::ACCESS))
+        } else if passphrase.chars().count() < MIN_PASSPHRASE {
+            Err(CredentialError::invalid(
                 "passphrase",
                 format!("must be at least {MIN_PASSPHRASE} characters"),
-            ));
-        }
-        let (writer, header) = BundleWriter::new(passphrase)?;
-        let now = now_micros();
-        let mut tx = self.db.begin().await?;
-        audit::append(
-            &mut tx,
-            caller,
-            Entry {
-                action: "ExportBackup",
-                resource: "credentials",
-                result_code: "OK",
-                detail: "export started",
-            },
-            now,
-        )
-        .await?;
-        tx.commit().await?;
+            ))
+        } else {
+            Ok(())
+        };
+        let detail = match &checked {
+            Ok(()) => "export started".to_owned(),
+            Err(err) => err.audit_detail(),
+        };
+        let code = checked
+            .as_ref()
+            .map_or_else(CredentialError::result_code, |()| "OK");
+        self.audit_now(caller, "ExportBackup", "credentials", code, &detail)
+            .await?;
+        checked?;
 
-        let this = self.clone();
-        let tenant = caller.tenant.clone();
-        let stream =
-            futures::stream::once(async move { Ok(header) }).chain(futures::stream::try_unfold(
-                (this, tenant, Some(writer), None::<String>, false),
-                |(this, tenant, writer, after, done)| async move {
-                    let Some(mut writer) = writer else {
-                        return Ok(None);
-                    };
-                    if done {
-                        let last = writer.finish()?;
-                        return Ok(Some((last, (this, tenant, None, after, true))));
-                    }
-                    let filter = ListFilter {
-                        show_deleted: true,
-                        ..ListFilter::default()
-                    };
-                    let mut tx = this.db.begin().await?;
-                    let batch =
-                        store::list_credentials(&mut tx, &tenant, &filter, after.as_deref(), 50)
-                            .await?;
-                    tx.commit().await?;
-                    let mut frames = Vec::new();
-                    for credential in &batch {
-                        let record = this.backup_record(&tenant, credential).await?;
-                        frames.extend(writer.record(record)?);
-                    }
-                    let next = batch.last().map(|c| c.id.clone()).or(after);
-                    let finished = batch.len() < 50;
-                    Ok(Some((frames, (this, tenant, Some(writer), next, finished))))
-                },
-            ));
+        let (writer, header) = BundleWriter::new(passphrase).await?;
+        let state = ExportState {
+            this: self.clone(),
+            caller: caller.clone(),
+            writer: Some(writer),
+            after: None,
+            exported: 0,
+        };
+        let frames = futures::stream::try_unfold(state, |mut state| async move {
+            let Some(writer) = state.writer.as_mut() else {
+                return Ok(None);
+            };
+            const BATCH: usize = 50;
+            let filter = ListFilter {
+                show_deleted: true,
+                ..ListFilter::default()
+            };
+            let mut tx = state.this.db.begin().await?;
+            let batch = store::list_credentials(
+                &mut tx,
+                &state.caller.tenant,
+                &filter,
+                state.after.as_deref(),
+                BATCH,
+            )
+            .await?;
+            tx.commit().await?;
+            let mut frames = Vec::new();
+            for credential in &batch {
+                let allowed = &credential.spec.allowed_subjects;
+                if !allowed.is_empty() && !allowed.contains(&state.caller.subject) {
+                    let err = CredentialError::AccessDenied(credential.name());
+                    state
+                        .this
+                        .audit_now(
+                            &state.caller,
+                            "ExportBackup",
+                            &credential.name(),
+                            err.result_code(),
+                            &err.audit_detail(),
+                        )
+                        .await?;
+                    return Err(err);
+                }
+                let record = state
+                    .this
+                    .backup_record(&state.caller.tenant, credential)
+                    .await?;
+                let versions = record.versions.len();
+                frames.extend(writer.record(record)?);
+                let detail = format!("{versions} versions exported");
+                state
+                    .this
+                    .audit_now(
+                        &state.caller,
+                        "ExportBackup",
+                        &credential.name(),
+                        "OK",
+                        &detail,
+                    )
+                    .await?;
+                state.exported += 1;
+            }
+            state.after = batch.last().map(|c| c.id.clone()).or(state.after.take());
+            if batch.len() < BATCH {
+                let writer = state.writer.take().ok_or_else(|| {
+                    CredentialError::BackupInvalid("export finished twice".into())
+                })?;
+                frames.extend(writer.finish()?);
+                let detail = format!("export finished: {} credentials", state.exported);
+                state
+                    .this
+                    .audit_now(&state.caller, "ExportBackup", "credentials", "OK", &detail)
+                    .await?;
+            }
+            Ok(Some((frames, state)))
+        });
+        let stream = futures::stream::once(async move { Ok(header) }).chain(frames);
         Ok(Box::pin(stream.filter(|chunk| {
             let keep = !matches!(chunk, Ok(bytes) if bytes.is_empty());
             async move { keep }
         })))
+    }
+
+    /// Appends one audit entry in its own transaction.
+    async fn audit_now(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: &str,
+        result_code: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        let entry = Entry {
+            action,
+            resource,
+            result_code,
+            detail,
+        };
+        audit::append(&mut tx, caller, entry, now_micros()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn backup_record(&self, tenant: &str, credential: &Credential) -> Result<BackupRecord> {
@@ -990,7 +1172,7 @@ impl Credentials {
                     CredentialError::BackupInvalid(format!("receiving the bundle: {err}"))
                 })?;
                 reader.push(&chunk)?;
-                while let Some(record) = reader.next_record()? {
+                while let Some(record) = reader.next_record().await? {
                     self.restore_record(caller, record, &mut report).await?;
                 }
             }
@@ -1001,7 +1183,7 @@ impl Credentials {
             Ok(()) => ("OK", format!("{report:?}")),
             Err(err) => (
                 err.result_code(),
-                format!("{err}; restored so far: {report:?}"),
+                format!("{}; restored so far: {report:?}", err.audit_detail()),
             ),
         };
         let mut tx = self.db.begin().await?;
@@ -1246,43 +1428,85 @@ impl Credentials {
     async fn purge_each(&self, due: Vec<(String, String)>) -> Result<usize> {
         let mut purged = 0;
         for (tenant, id) in due {
-            let mut tx = self.db.begin().await?;
-            let refs = store::secret_refs(&mut tx, &tenant, &id).await?;
-            tx.commit().await?;
-            // Destroying first means a crash here leaves records whose material is gone, and the
-            // next run destroys again (idempotent) and deletes them.
-            self.forget(refs).await;
+            let now = now_micros();
             let caller = Caller {
                 tenant: tenant.clone(),
                 subject: "system:purge".to_owned(),
                 request_id: String::new(),
             };
+            // Under the row lock: an Undelete that got there first wins, one that comes later
+            // finds nothing. The material is queued for destruction in the same transaction.
             let mut tx = self.db.begin().await?;
             let still_due = store::get_credential(&mut tx, &tenant, &id, true)
                 .await?
                 .is_some_and(|c| {
-                    c.state == State::Deleted && c.purge_time.is_some_and(|t| t <= now_micros())
+                    c.state == State::Deleted && c.purge_time.is_some_and(|t| t <= now)
                 });
             if !still_due {
+                tx.rollback().await?;
                 continue;
             }
+            let refs = store::secret_refs(&mut tx, &tenant, &id).await?;
+            store::queue_garbage(&mut tx, &tenant, &refs, now).await?;
             store::delete_credential(&mut tx, &tenant, &id).await?;
-            audit::append(
-                &mut tx,
-                &caller,
-                Entry {
-                    action: "PurgeCredential",
-                    resource: &credential_name(&id),
-                    result_code: "OK",
-                    detail: "recovery window elapsed",
-                },
-                now_micros(),
-            )
-            .await?;
+            let entry = Entry {
+                action: "PurgeCredential",
+                resource: &credential_name(&id),
+                result_code: "OK",
+                detail: "recovery window elapsed",
+            };
+            audit::append(&mut tx, &caller, entry, now).await?;
             tx.commit().await?;
+            self.collect_garbage(refs).await;
             purged += 1;
         }
         Ok(purged)
+    }
+
+    /// Destroys queued material and forgets what was destroyed; what fails stays queued for
+    /// [`Self::sweep_garbage`].
+    async fn collect_garbage(&self, refs: Vec<String>) {
+        for secret in refs {
+            let destroyed = match SecretRef::parse(secret.clone()) {
+                Ok(reference) => self.secrets.destroy(&reference).await,
+                Err(err) => Err(err),
+            };
+            let result = match destroyed {
+                Ok(()) => {
+                    async {
+                        let mut tx = self.db.begin().await?;
+                        store::remove_garbage(&mut tx, &secret).await?;
+                        tx.commit().await?;
+                        Ok::<_, CredentialError>(())
+                    }
+                    .await
+                }
+                Err(err) => Err(err.into()),
+            };
+            if let Err(err) = result {
+                tracing::warn!(secret_ref = %secret, error = %err, "destroying material failed; it stays queued");
+            }
+        }
+    }
+
+    /// Retries the destruction of queued material; returns how much is still queued. One replica
+    /// at a time.
+    pub async fn sweep_garbage(&self) -> Result<i64> {
+        let mut claim = self.db.begin().await?;
+        if !claim.try_lock("credentials:garbage").await? {
+            return Ok(0);
+        }
+        let refs = store::garbage_batch(&mut claim, 100).await?;
+        claim.commit().await?;
+        self.collect_garbage(refs).await;
+        let mut tx = self.db.begin().await?;
+        let left = tx
+            .query_one("SELECT COUNT(*) FROM secret_garbage", &[])
+            .await?
+            .get::<i64>(0)?;
+        tx.commit().await?;
+        metrics::gauge!("switchyard_credentials_secret_garbage").set(left as f64);
+        Ok(left)
     }
 
     /// Publishes, per tenant, how many credentials expire within the warning window and how many
@@ -1299,6 +1523,20 @@ impl Credentials {
             Vec::new()
         };
         tx.commit().await?;
+        let mut reported = self
+            .reported_tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Tenants that had something to report last time and have nothing now go back to 0.
+        let now_reported: BTreeSet<String> =
+            counts.iter().map(|(tenant, ..)| tenant.clone()).collect();
+        for gone in reported.difference(&now_reported) {
+            metrics::gauge!("switchyard_credentials_expiring", "tenant" => gone.clone()).set(0.0);
+            metrics::gauge!("switchyard_credentials_rotation_overdue", "tenant" => gone.clone())
+                .set(0.0);
+        }
+        *reported = now_reported;
+        drop(reported);
         for (tenant, expiring, overdue) in counts {
             metrics::gauge!("switchyard_credentials_expiring", "tenant" => tenant.clone())
                 .set(expiring as f64);
@@ -1361,7 +1599,8 @@ fn check_record(record: &BackupRecord, max_secret_bytes: usize) -> Result<()> {
     }
     let mut seen = BTreeSet::new();
     for version in &record.versions {
-        if version.version < 1 || !seen.insert(version.version) {
+        if !(1..=validate::MAX_VERSION).contains(&version.version) || !seen.insert(version.version)
+        {
             return Err(invalid("invalid or repeated version numbers"));
         }
         match (&version.material, version.state) {
@@ -1374,8 +1613,14 @@ fn check_record(record: &BackupRecord, max_secret_bytes: usize) -> Result<()> {
             _ => return Err(invalid("material does not match the version state")),
         }
     }
-    if !seen.contains(&record.current_version) {
-        return Err(invalid("the current version is not in the bundle"));
+    let current_enabled = record
+        .versions
+        .iter()
+        .any(|v| v.version == record.current_version && v.state == VersionState::Enabled);
+    if !current_enabled {
+        return Err(invalid(
+            "the current version is not an enabled version of the bundle",
+        ));
     }
     Ok(())
 }

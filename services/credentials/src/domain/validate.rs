@@ -18,6 +18,8 @@ pub const MAX_RETAINED_VERSIONS: i64 = 100;
 pub const MAX_DISPLAY_NAME: usize = 256;
 /// Longest request id.
 pub const MAX_REQUEST_ID: usize = 128;
+/// Highest version number: far beyond any rotation schedule, and safe from overflow.
+pub const MAX_VERSION: i64 = 1_000_000_000;
 
 /// Collects violations.
 #[derive(Debug, Default)]
@@ -129,6 +131,12 @@ pub fn spec(
     now: Micros,
     check_expiry: bool,
 ) {
+    if spec.display_name.contains('\0') {
+        violations.add(
+            format!("{prefix}.display_name"),
+            "must not contain NUL characters",
+        );
+    }
     if spec.display_name.chars().count() > MAX_DISPLAY_NAME {
         violations.add(
             format!("{prefix}.display_name"),
@@ -173,11 +181,11 @@ pub fn spec(
     if spec
         .allowed_subjects
         .iter()
-        .any(|s| s.is_empty() || s.len() > 256)
+        .any(|s| s.is_empty() || s.len() > 256 || s.contains('\0'))
     {
         violations.add(
             format!("{prefix}.access_policy.allowed_subjects"),
-            "each subject must be 1-256 bytes",
+            "each subject must be 1-256 bytes, without NUL characters",
         );
     }
 }
@@ -188,15 +196,17 @@ pub fn labels(violations: &mut Violations, field: &str, labels: &BTreeMap<String
         violations.add(field, format!("at most {MAX_LABELS} labels"));
     }
     for (key, value) in labels {
+        // The key is echoed in the field path: cut, so a huge key cannot make a huge error.
+        let shown: String = key.chars().take(64).collect();
         if !is_label_key(key) {
             violations.add(
-                format!("{field}[{key:?}]"),
+                format!("{field}[{shown:?}]"),
                 "keys are 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
             );
         }
         if !is_label_value(value) {
             violations.add(
-                format!("{field}[{key:?}]"),
+                format!("{field}[{shown:?}]"),
                 "values are empty or 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
             );
         }
@@ -243,8 +253,16 @@ pub fn payload(
 
 /// Checks a request id.
 pub fn request_id(violations: &mut Violations, field: &str, request_id: &str) {
-    if request_id.len() > MAX_REQUEST_ID {
-        violations.add(field, format!("must be at most {MAX_REQUEST_ID} bytes"));
+    text(violations, field, request_id, MAX_REQUEST_ID);
+}
+
+/// Checks free text bound for storage: at most `max` bytes and no NUL, which PostgreSQL refuses.
+pub fn text(violations: &mut Violations, field: &str, value: &str, max: usize) {
+    if value.len() > max {
+        violations.add(field, format!("must be at most {max} bytes"));
+    }
+    if value.contains('\0') {
+        violations.add(field, "must not contain NUL characters");
     }
 }
 

@@ -1,0 +1,8 @@
+-- Secret material whose records are gone, queued in the same transaction that removed the
+-- last reference, until the secret store has destroyed it.
+CREATE TABLE secret_garbage (
+    secret_ref TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
