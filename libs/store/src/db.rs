@@ -161,12 +161,13 @@ impl Db {
                     guard.execute_batch("ROLLBACK")?;
                 }
                 guard.execute_batch("BEGIN IMMEDIATE")?;
-                TxInner::Sqlite(guard)
+                TxInner::Sqlite(Some(guard))
             }
         };
         Ok(Tx {
             inner,
             finished: false,
+            wrote: false,
         })
     }
 
@@ -207,6 +208,8 @@ impl Db {
 pub struct Tx {
     inner: TxInner,
     finished: bool,
+    /// Whether a statement that can write ran: only then does a SQLite COMMIT touch the disk.
+    wrote: bool,
 }
 
 // A transaction lives on its task's stack; boxing the larger variant would cost an allocation
@@ -215,7 +218,8 @@ pub struct Tx {
 enum TxInner {
     // The Option lets Drop detach a connection whose transaction was abandoned.
     Postgres(Option<deadpool_postgres::Object>),
-    Sqlite(OwnedMutexGuard<rusqlite::Connection>),
+    // None once COMMIT has taken the connection to a blocking thread.
+    Sqlite(Option<OwnedMutexGuard<rusqlite::Connection>>),
 }
 
 impl std::fmt::Debug for Tx {
@@ -236,6 +240,13 @@ impl Tx {
         }
     }
 
+    fn sqlite(&self) -> Result<&rusqlite::Connection, StoreError> {
+        match &self.inner {
+            TxInner::Sqlite(Some(conn)) => Ok(conn),
+            _ => Err(StoreError::Finished),
+        }
+    }
+
     fn postgres(&self) -> &deadpool_postgres::Object {
         match &self.inner {
             TxInner::Postgres(Some(client)) => client,
@@ -246,6 +257,7 @@ impl Tx {
 
     /// Runs a statement; returns the number of rows affected.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        self.wrote = true;
         match &self.inner {
             TxInner::Postgres(_) => {
                 let client = self.postgres();
@@ -254,8 +266,8 @@ impl Tx {
                     .execute(&statement, &as_postgres_params(params))
                     .await?)
             }
-            TxInner::Sqlite(conn) => {
-                let mut statement = conn.prepare_cached(&sqlite_placeholders(sql))?;
+            TxInner::Sqlite(_) => {
+                let mut statement = self.sqlite()?.prepare_cached(&sqlite_placeholders(sql))?;
                 let affected = statement.execute(rusqlite::params_from_iter(params.iter()))?;
                 Ok(affected as u64)
             }
@@ -264,9 +276,10 @@ impl Tx {
 
     /// Runs several statements without parameters (DDL, in migrations).
     pub async fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.wrote = true;
         match &self.inner {
             TxInner::Postgres(_) => Ok(self.postgres().batch_execute(sql).await?),
-            TxInner::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
+            TxInner::Sqlite(_) => Ok(self.sqlite()?.execute_batch(sql)?),
         }
     }
 
@@ -274,7 +287,7 @@ impl Tx {
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         match &self.inner {
             TxInner::Postgres(_) => postgres_query(self.postgres(), sql, params).await,
-            TxInner::Sqlite(conn) => sqlite_query(conn, sql, params),
+            TxInner::Sqlite(_) => sqlite_query(self.sqlite()?, sql, params),
         }
     }
 
@@ -339,6 +352,25 @@ impl Tx {
 
     /// Commits.
     pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.wrote
+            && let TxInner::Sqlite(conn) = &mut self.inner
+            && let Some(conn) = conn.take()
+        {
+            // The COMMIT of a write waits for the disk (synchronous=FULL): it runs on a blocking
+            // thread so that it does not stall an async worker. The connection's lock is released
+            // there. A read-only transaction commits in place: it writes nothing.
+            self.finished = true;
+            return tokio::task::spawn_blocking(move || {
+                let committed = conn.execute_batch("COMMIT");
+                if committed.is_err() && !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                committed
+            })
+            .await
+            .map_err(|err| StoreError::Interrupted(err.to_string()))?
+            .map_err(Into::into);
+        }
         self.finish("COMMIT").await
     }
 
@@ -378,13 +410,14 @@ impl Drop for Tx {
                     Err(_) => drop(deadpool_postgres::Object::take(client)),
                 }
             }
-            TxInner::Sqlite(conn) => {
+            TxInner::Sqlite(Some(conn)) => {
                 if !conn.is_autocommit()
                     && let Err(err) = conn.execute_batch("ROLLBACK")
                 {
                     tracing::error!(error = %err, "rolling back an abandoned sqlite transaction");
                 }
             }
+            TxInner::Sqlite(None) => {}
         }
     }
 }

@@ -24,6 +24,12 @@ pub enum StoreError {
         /// What was found instead.
         message: String,
     },
+    /// The transaction was used after it ended.
+    #[error("the transaction has ended")]
+    Finished,
+    /// A blocking database call could not complete (its thread panicked or was cancelled).
+    #[error("database call interrupted: {0}")]
+    Interrupted(String),
     /// A statement returned no row where one was required.
     #[error("no row returned")]
     NoRow,

@@ -57,6 +57,9 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Load and validate the configuration (file, then environment), print where it came from,
+    /// and exit: non-zero, naming the key, if it is not valid.
+    CheckConfig,
     /// Apply database migrations, then exit.
     Migrate {
         /// Services to migrate; default: all.
@@ -203,6 +206,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 scopes
             };
             println!("{}", mint(&config, &tenant, &subject, scopes, ttl)?);
+            Ok(())
+        }
+        Command::CheckConfig => {
+            config.validate()?;
+            let source = cli.config.as_deref().map_or_else(
+                || "defaults and environment".to_owned(),
+                |path| format!("{} and environment", path.display()),
+            );
+            let backend = match config.secrets {
+                SecretsConfig::Embedded(_) => "embedded",
+                SecretsConfig::Vault(_) => "vault",
+            };
+            let database = if config.database.url.is_some() { "postgresql" } else { "sqlite" };
+            println!("configuration is valid ({source}): database {database}, secrets {backend}");
             Ok(())
         }
         Command::Migrate { services } => {
