@@ -218,7 +218,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 SecretsConfig::Embedded(_) => "embedded",
                 SecretsConfig::Vault(_) => "vault",
             };
-            let database = if config.database.url.is_some() { "postgresql" } else { "sqlite" };
+            let database = if config.database.url.is_some() {
+                "postgresql"
+            } else {
+                "sqlite"
+            };
             println!("configuration is valid ({source}): database {database}, secrets {backend}");
             Ok(())
         }
