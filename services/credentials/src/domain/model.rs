@@ -221,6 +221,12 @@ impl Credential {
         format!("\"{}\"", self.revision)
     }
 
+    /// Whether its access policy lets `subject` read its material.
+    pub fn allows(&self, subject: &str) -> bool {
+        let allowed = &self.spec.allowed_subjects;
+        allowed.is_empty() || allowed.iter().any(|s| s == subject)
+    }
+
     /// Whether it has expired at `now`.
     pub fn is_expired(&self, now: Micros) -> bool {
         self.spec.expire_time.is_some_and(|expiry| expiry <= now)

@@ -538,8 +538,7 @@ impl Credentials {
                 state: "deleted",
             });
         }
-        let allowed = &credential.spec.allowed_subjects;
-        if !allowed.is_empty() && !allowed.contains(&caller.subject) {
+        if !credential.allows(&caller.subject) {
             return Err(CredentialError::AccessDenied(credential.name()));
         }
         if let Some(expired_at) = credential
@@ -1032,8 +1031,7 @@ impl Credentials {
             tx.commit().await?;
             let mut frames = Vec::new();
             for credential in &batch {
-                let allowed = &credential.spec.allowed_subjects;
-                if !allowed.is_empty() && !allowed.contains(&state.caller.subject) {
+                if !credential.allows(&state.caller.subject) {
                     let err = CredentialError::AccessDenied(credential.name());
                     state
                         .this
