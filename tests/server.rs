@@ -75,28 +75,30 @@ async fn health_and_reflection_answer_without_a_token() {
 fn every_method_declares_its_scope() {
     let set =
         prost_types::FileDescriptorSet::decode(switchyard_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let table = switchyard_credentials::SCOPES;
-    let (package, service) = table.service.rsplit_once('.').unwrap();
-    let declared: BTreeSet<&str> = table.methods.iter().map(|(method, _)| *method).collect();
-    let described: BTreeSet<String> = set
-        .file
-        .iter()
-        .filter(|file| file.package() == package)
-        .flat_map(|file| file.service.iter())
-        .filter(|s| s.name() == service)
-        .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
-        .collect();
-    assert!(!described.is_empty());
-    assert_eq!(
-        described,
-        declared
+    for table in [switchyard_credentials::SCOPES, switchyard_ai::SCOPES] {
+        let (package, service) = table.service.rsplit_once('.').unwrap();
+        let declared: BTreeSet<String> = table
+            .methods
             .iter()
-            .map(|m| (*m).to_owned())
-            .collect::<BTreeSet<_>>(),
-        "every RPC of the service has exactly one scope entry"
-    );
-    for method in table.checked_by_handler {
-        assert!(declared.contains(method));
+            .map(|(method, _)| (*method).to_owned())
+            .collect();
+        let described: BTreeSet<String> = set
+            .file
+            .iter()
+            .filter(|file| file.package() == package)
+            .flat_map(|file| file.service.iter())
+            .filter(|s| s.name() == service)
+            .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
+            .collect();
+        assert!(!described.is_empty(), "{}", table.service);
+        assert_eq!(
+            described, declared,
+            "every RPC of {} has exactly one scope entry",
+            table.service
+        );
+        for method in table.checked_by_handler {
+            assert!(declared.contains(*method));
+        }
     }
 }
 

@@ -109,6 +109,25 @@ out=$(call VerifyAuditChain "$ACME" '{}')
 [ "$(echo "$out" | field '["firstInvalidSequence"]')" = 3 ] || die "altering audit event 3 was not detected: $out"
 ok "altering one audit row: VerifyAuditChain names event 3 ($(echo "$out" | field '["problem"]'))"
 
+# The AI service's echo model through the official OpenAI Python SDK, pointed at Switchyard.
+SDK_VENV="${SWITCHYARD_TOOLS:-$HOME/.cache/switchyard/tools}/openai-sdk"
+if [ ! -x "$SDK_VENV/bin/python" ] || ! "$SDK_VENV/bin/python" -c 'import openai' 2>/dev/null; then
+  python3 -m venv "$SDK_VENV" && "$SDK_VENV/bin/pip" install -q 'openai>=1.40' >/dev/null
+fi
+"$SDK_VENV/bin/python" - "http://127.0.0.1:$HTTP_PORT/v1" "$ACME" <<'PY' || die "the OpenAI SDK could not use the echo model"
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key=sys.argv[2])
+reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello from the sdk"}])
+assert reply.choices[0].message.content == "hello from the sdk", reply
+assert reply.usage.total_tokens > 0, reply
+chunks = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "streamed by the sdk"}], stream=True)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == "streamed by the sdk", text
+assert any(m.id == "echo" for m in client.models.list().data)
+PY
+ok "the echo model answers the official OpenAI Python SDK, unary and streamed"
+
 out=$(call AccessCredential "$ACME" '{"name":"credentials/openai-prod/versions/1"}')
 [ "$(echo "$out" | field '["payload"]["data"]')" = "$SECRET_B64" ] || die "a restart lost data: $out"
 ok "after a restart the credential and its versions are there"

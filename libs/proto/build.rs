@@ -19,7 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("switchyard_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
 
+    // The directory, so that new files are seen, and each file, so that edits are.
     println!("cargo:rerun-if-changed={}", proto_root.display());
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     Ok(())
 }
 

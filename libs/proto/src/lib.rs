@@ -6,6 +6,14 @@
 /// Every Switchyard proto file, encoded as a `google.protobuf.FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
 
+/// `switchyard.ai.v1`: LLM providers behind one API.
+pub mod ai {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.ai.v1");
+    }
+}
+
 /// `switchyard.common.v1`: messages shared by every API.
 pub mod common {
     /// Version 1.

@@ -16,6 +16,7 @@ use base64::Engine;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use switchyard_ai::{AiApi, AiConfig};
 use switchyard_auth::{AuthConfig, Authorizer, ScopeTable, Verifier};
 use switchyard_credentials::{CredentialApi, CredentialsConfig};
 use switchyard_kit::config::{ConfigError, ServerConfig};
@@ -48,6 +49,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// `[credentials]`.
     pub credentials: CredentialsConfig,
+    /// `[ai]`.
+    pub ai: AiConfig,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             secrets: SecretsConfig::default(),
             credentials: CredentialsConfig::default(),
+            ai: AiConfig::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl Config {
             "auth",
             "secrets",
             "credentials",
+            "ai",
         ];
         let loaded = switchyard_kit::config::load(file, TOP_LEVEL_KEYS)?;
         Ok((loaded.config, loaded.ignored_variables))
@@ -113,6 +118,7 @@ impl Config {
         self.server.validate()?;
         self.auth.validate()?;
         self.credentials.validate()?;
+        self.ai.validate()?;
         // Background passes hold one connection for their lock while their work takes another.
         if self.database.pool_size < 2 {
             return Err(ConfigError::invalid(
@@ -129,16 +135,19 @@ impl Config {
 pub enum ServiceName {
     /// `switchyard.credentials.v1`.
     Credentials,
+    /// `switchyard.ai.v1`.
+    Ai,
 }
 
 impl ServiceName {
     /// Every service, as `up` runs them.
-    pub const ALL: &[ServiceName] = &[ServiceName::Credentials];
+    pub const ALL: &[ServiceName] = &[ServiceName::Credentials, ServiceName::Ai];
 
     /// The name used on the command line and as the database schema.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceName::Credentials => "credentials",
+            ServiceName::Ai => "ai",
         }
     }
 
@@ -146,6 +155,7 @@ impl ServiceName {
     pub fn scopes(self) -> ScopeTable {
         match self {
             ServiceName::Credentials => switchyard_credentials::SCOPES,
+            ServiceName::Ai => switchyard_ai::SCOPES,
         }
     }
 }
@@ -209,6 +219,13 @@ pub async fn migrate(config: &Config, services: &BTreeSet<ServiceName>) -> anyho
                         switchyard_credentials::COMPONENT,
                         switchyard_credentials::store::MIGRATIONS,
                     )
+                    .await?;
+                tracing::info!(service = %service, applied, "migrations done");
+            }
+            ServiceName::Ai => {
+                let db = open_db(config, service.as_str()).await?;
+                let applied = db
+                    .migrate(switchyard_ai::COMPONENT, switchyard_ai::usage::MIGRATIONS)
                     .await?;
                 tracing::info!(service = %service, applied, "migrations done");
             }
@@ -290,8 +307,12 @@ pub async fn run(
     }
     let verifier = Verifier::new(&config.auth).context("building the token verifier")?;
     let tables: Vec<ScopeTable> = services.iter().map(|s| s.scopes()).collect();
-    let authorizer = Authorizer::new(Arc::new(verifier), &tables, config.auth.public_health);
-    let mut host = Host::new(config.server.clone(), Arc::new(authorizer));
+    let authorizer: Arc<dyn switchyard_kit::Authenticator> = Arc::new(Authorizer::new(
+        Arc::new(verifier),
+        &tables,
+        config.auth.public_health,
+    ));
+    let mut host = Host::new(config.server.clone(), authorizer.clone());
     host.add_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET);
 
     let background = CancellationToken::new();
@@ -318,6 +339,18 @@ pub async fn run(
                     config.credentials.clone(),
                     background.clone(),
                 )));
+            }
+            ServiceName::Ai => {
+                let db = open_db(&config, service.as_str()).await?;
+                let opened = switchyard_ai::open(db.clone(), &config.ai, background.clone())
+                    .await
+                    .context("starting the ai service")?;
+                host.add_service(
+                    AiApi::new(opened.ai.clone()).into_server(config.server.max_message_bytes),
+                );
+                host.merge_http(switchyard_ai::openai::router(opened.ai, authorizer.clone()));
+                host.add_readiness_check("ai.database", Arc::new(DbReady(db)));
+                jobs.push(opened.usage_writer);
             }
         }
     }

@@ -1,0 +1,26 @@
+CREATE TABLE usage_records (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    principal TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cache_read_tokens BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    cost_micros BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    latency_us BIGINT NOT NULL,
+    ttft_us BIGINT,
+    result_code TEXT NOT NULL,
+    error_reason TEXT NOT NULL,
+    end_user_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    request_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX usage_records_by_time ON usage_records (tenant, time);

@@ -1,0 +1,26 @@
+CREATE TABLE usage_records (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    latency_us INTEGER NOT NULL,
+    ttft_us INTEGER,
+    result_code TEXT NOT NULL,
+    error_reason TEXT NOT NULL,
+    end_user_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX usage_records_by_time ON usage_records (tenant, time);

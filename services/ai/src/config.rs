@@ -1,0 +1,115 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use switchyard_kit::config::ConfigError;
+
+use crate::domain::catalogue::ModelEntry;
+
+/// `[ai]`: deployments, aliases, catalogue overrides and usage recording.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AiConfig {
+    /// Where requests go, by name. A built-in `echo` deployment always exists.
+    pub deployments: BTreeMap<String, DeploymentConfig>,
+    /// Names that stand for an ordered list of deployments, tried in turn.
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Catalogue entries replacing or adding to the built-in ones.
+    pub models: BTreeMap<String, ModelEntry>,
+    /// Usage records are written in batches at least this often; a crash loses at most this
+    /// much.
+    #[serde(with = "humantime_serde")]
+    pub usage_flush_interval: Duration,
+    /// Records waiting to be written at most; beyond it records are dropped and counted.
+    pub usage_buffer: usize,
+}
+
+/// One deployment.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// `openai`, `anthropic`, `gemini` or `echo`.
+    pub provider: String,
+    /// The catalogue model it serves.
+    pub model: String,
+    /// The provider's name for the model, if it differs (an Azure deployment, a fine-tune).
+    #[serde(default)]
+    pub provider_model: Option<String>,
+    /// The provider API's base URL; unset for its public endpoint.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The credential holding the API key, `credentials/{id}` in the credentials service.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// How long one call may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Default for AiConfig {
+    fn default() -> Self {
+        AiConfig {
+            deployments: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            models: BTreeMap::new(),
+            usage_flush_interval: Duration::from_secs(1),
+            usage_buffer: 10_000,
+        }
+    }
+}
+
+/// Providers this build has an adapter for.
+pub const PROVIDERS: &[&str] = &["echo"];
+
+impl AiConfig {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, deployment) in &self.deployments {
+            if !PROVIDERS.contains(&deployment.provider.as_str()) {
+                return Err(ConfigError::invalid(
+                    &format!("ai.deployments.{name}.provider"),
+                    format!("must be one of {}", PROVIDERS.join(", ")),
+                ));
+            }
+            if deployment.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    &format!("ai.deployments.{name}.timeout"),
+                    "must be a positive duration",
+                ));
+            }
+        }
+        for (alias, targets) in &self.aliases {
+            if targets.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("ai.aliases.{alias}"),
+                    "must name at least one deployment",
+                ));
+            }
+            for target in targets {
+                if !self.deployments.contains_key(target) && target != "echo" {
+                    return Err(ConfigError::invalid(
+                        &format!("ai.aliases.{alias}"),
+                        format!("names {target:?}, which is not a deployment"),
+                    ));
+                }
+            }
+        }
+        if self.usage_flush_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "ai.usage_flush_interval",
+                "must be a positive duration such as \"1s\"",
+            ));
+        }
+        if self.usage_buffer == 0 {
+            return Err(ConfigError::invalid(
+                "ai.usage_buffer",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+use switchyard_kit::FieldViolation;
+
+use crate::providers::ProviderError;
+
+/// Everything that can go wrong in the AI domain.
+#[derive(Debug, thiserror::Error)]
+pub enum AiError {
+    /// The request is invalid; each violation names a field.
+    #[error("invalid request: {0:?}")]
+    Invalid(Vec<FieldViolation>),
+    /// No model or alias has that name.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The model exists but no deployment serves it.
+    #[error("no deployment serves {0}; configure one under [ai.deployments]")]
+    NoDeployment(String),
+    /// The serving provider or model lacks a feature the request uses.
+    #[error("{feature} is not supported by {target}; set allow_unsupported to drop it")]
+    Unsupported {
+        /// The feature, as the API names it.
+        feature: String,
+        /// The provider or model.
+        target: String,
+    },
+    /// The provider failed, on the last deployment tried.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The record store failed.
+    #[error(transparent)]
+    Store(#[from] switchyard_store::StoreError),
+}
+
+impl AiError {
+    /// One invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        AiError::Invalid(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The gRPC code name, recorded in usage records and used by the API.
+    pub fn result_code(&self) -> &'static str {
+        match self {
+            AiError::Invalid(_) | AiError::Unsupported { .. } => "INVALID_ARGUMENT",
+            AiError::NotFound(_) => "NOT_FOUND",
+            AiError::NoDeployment(_) => "FAILED_PRECONDITION",
+            AiError::Provider(err) => err.result_code(),
+            AiError::Store(_) => "INTERNAL",
+        }
+    }
+}
+
+/// A result of the AI domain.
+pub type Result<T, E = AiError> = std::result::Result<T, E>;

@@ -1,0 +1,8 @@
+//! The AI domain, free of transport types.
+
+pub mod catalogue;
+pub mod cost;
+pub mod error;
+pub mod model;
+pub mod service;
+pub mod tokens;

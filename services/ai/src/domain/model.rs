@@ -1,0 +1,386 @@
+//! Provider-neutral chat types: what every adapter translates from and to.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Who speaks in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// Results of tool calls.
+    Tool,
+}
+
+/// Where an image or document is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A URL the provider fetches.
+    Url(String),
+    /// The bytes, with their media type.
+    Data {
+        /// `image/png`, `application/pdf`, ...
+        mime_type: String,
+        /// The content.
+        bytes: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url(url) => write!(f, "Url({} bytes)", url.len()),
+            Source::Data { mime_type, bytes } => {
+                write!(f, "Data({mime_type}, {} bytes)", bytes.len())
+            }
+        }
+    }
+}
+
+/// A model's request to call a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The provider's id of the call.
+    pub id: String,
+    /// The tool.
+    pub name: String,
+    /// The arguments, JSON text.
+    pub arguments_json: String,
+}
+
+/// What a part of a message holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartKind {
+    /// Text.
+    Text(String),
+    /// An image.
+    Image {
+        /// Where it is.
+        source: Source,
+        /// OpenAI's detail hint.
+        detail: Option<String>,
+    },
+    /// A document (PDF).
+    Document {
+        /// Where it is.
+        source: Source,
+        /// A title.
+        title: Option<String>,
+    },
+    /// Audio.
+    Audio {
+        /// The audio.
+        bytes: Vec<u8>,
+        /// `wav` or `mp3`.
+        format: String,
+    },
+    /// A tool call.
+    ToolCall(ToolCall),
+    /// A tool result.
+    ToolResult {
+        /// The call it answers.
+        tool_call_id: String,
+        /// The tool's name.
+        name: String,
+        /// The result.
+        content: String,
+        /// Whether the tool failed.
+        is_error: bool,
+    },
+    /// Visible reasoning.
+    Thinking {
+        /// The text.
+        text: String,
+        /// Anthropic's signature.
+        signature: Option<String>,
+    },
+}
+
+/// One part of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// What it holds.
+    pub kind: PartKind,
+    /// Cache the prompt up to here (Anthropic).
+    pub cache_breakpoint: bool,
+}
+
+impl Part {
+    /// A text part.
+    pub fn text(text: impl Into<String>) -> Self {
+        Part {
+            kind: PartKind::Text(text.into()),
+            cache_breakpoint: false,
+        }
+    }
+}
+
+/// One turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What is said.
+    pub parts: Vec<Part>,
+    /// An optional participant name.
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// The concatenated text parts.
+    pub fn text(&self) -> String {
+        self.parts
+            .iter()
+            .filter_map(|part| match &part.kind {
+                PartKind::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The tool calls, in order.
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.parts.iter().filter_map(|part| match &part.kind {
+            PartKind::ToolCall(call) => Some(call),
+            _ => None,
+        })
+    }
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: serde_json::Value,
+    /// Exact schema adherence.
+    pub strict: bool,
+}
+
+/// How the model may use tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No calls.
+    None,
+    /// At least one call.
+    Required,
+    /// This tool.
+    Tool(String),
+}
+
+/// The shape of the answer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    /// Free text.
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following a schema.
+    JsonSchema {
+        /// Its name.
+        name: String,
+        /// The schema.
+        schema: serde_json::Value,
+        /// Exact adherence.
+        strict: bool,
+    },
+}
+
+/// Options for one provider only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderOptions {
+    /// OpenAI: `reasoning_effort`, `service_tier`, `logit_bias`.
+    pub openai: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Anthropic: thinking budget, `top_k`.
+    pub anthropic: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Gemini: safety settings, `topK`, thinking budget.
+    pub gemini: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ProviderOptions {
+    /// The providers whose options are set.
+    pub fn providers(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        if self.openai.is_some() {
+            set.push("openai");
+        }
+        if self.anthropic.is_some() {
+            set.push("anthropic");
+        }
+        if self.gemini.is_some() {
+            set.push("gemini");
+        }
+        set
+    }
+}
+
+/// A chat completion request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    /// A model or an alias.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Tools.
+    pub tools: Vec<Tool>,
+    /// Tool choice.
+    pub tool_choice: Option<ToolChoice>,
+    /// Parallel tool calls.
+    pub parallel_tool_calls: Option<bool>,
+    /// Answer shape.
+    pub response_format: ResponseFormat,
+    /// Temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Output token limit.
+    pub max_output_tokens: Option<u32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Seed.
+    pub seed: Option<i64>,
+    /// Tags for cost allocation.
+    pub tags: BTreeMap<String, String>,
+    /// The end user.
+    pub end_user_id: Option<String>,
+    /// Provider-specific options.
+    pub provider_options: ProviderOptions,
+    /// Drop unsupported features instead of refusing.
+    pub allow_unsupported: bool,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// Done, or a stop sequence.
+    Stop,
+    /// Output limit.
+    Length,
+    /// Tool calls.
+    ToolCalls,
+    /// Safety filter.
+    ContentFilter,
+    /// Failure mid-answer.
+    Error,
+}
+
+/// Normalized token counts (see the proto's `Usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Generated tokens, reasoning included.
+    pub output_tokens: u64,
+    /// Prompt tokens read from a cache.
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to a cache.
+    pub cache_write_tokens: u64,
+    /// Generated tokens of reasoning.
+    pub reasoning_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+    }
+}
+
+/// One try at serving a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The deployment.
+    pub deployment: String,
+    /// Its provider.
+    pub provider: String,
+    /// The provider's model.
+    pub model: String,
+    /// "OK" or a gRPC code name.
+    pub result_code: String,
+    /// What went wrong.
+    pub error: String,
+    /// How long it took.
+    pub latency: Duration,
+}
+
+/// A completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// Its id.
+    pub id: String,
+    /// The catalogue model.
+    pub model: String,
+    /// The provider.
+    pub provider: String,
+    /// The deployment.
+    pub deployment: String,
+    /// The answer.
+    pub message: Message,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Tokens of the serving call.
+    pub usage: Usage,
+    /// Cost of every attempt, in micro-USD.
+    pub cost_micros: i64,
+    /// Every try.
+    pub attempts: Vec<Attempt>,
+    /// Notices, such as deprecations.
+    pub notices: Vec<String>,
+    /// Unix time of creation, in seconds (OpenAI's `created`).
+    pub created: i64,
+}
+
+/// A piece of a streamed tool call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ToolCallDelta {
+    /// Which call, from 0.
+    pub index: u32,
+    /// Its id, in the first piece.
+    pub id: Option<String>,
+    /// The tool, in the first piece.
+    pub name: Option<String>,
+    /// More argument text.
+    pub arguments_json: String,
+}
+
+/// New streamed output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// Answer text.
+    Text(String),
+    /// A tool call piece.
+    ToolCall(ToolCallDelta),
+    /// Reasoning text.
+    Thinking(String),
+}
+
+/// An event of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// New output.
+    Delta(Delta),
+    /// The end: the whole answer, usage and cost.
+    Done(Box<ChatResponse>),
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant.
+    pub tenant: String,
+    /// The subject.
+    pub subject: String,
+}

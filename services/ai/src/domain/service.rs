@@ -1,0 +1,935 @@
+//! The AI domain: validates a request, routes it to deployments (alias, catalogue, deprecated
+//! names), checks each deployment's capabilities, tries deployments in turn on retryable
+//! failures, prices every attempt, and records its usage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use switchyard_kit::FieldViolation;
+use switchyard_store::page::{self, PageError};
+use switchyard_store::{Db, now_micros};
+
+use super::catalogue::{Catalogue, ModelEntry};
+use super::cost::cost_micros;
+use super::error::{AiError, Result};
+use super::model::*;
+use super::tokens;
+use crate::config::AiConfig;
+use crate::providers::{ChatProvider, Deployment, ProviderError, ProviderEvent, ProviderResponse};
+use crate::usage::{self, UsageFilter, UsageRecord, UsageRecorder};
+
+/// The most stop sequences a request may carry (OpenAI's limit).
+const MAX_STOP: usize = 4;
+/// The longest wait before trying the next deployment, whatever a Retry-After says.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One step of a request's plan: a deployment and the catalogue model it serves.
+#[derive(Debug, Clone)]
+struct Step {
+    deployment: Deployment,
+    model: String,
+    entry: ModelEntry,
+}
+
+/// Which call a usage record is about.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    caller: &'a Caller,
+    request: &'a ChatRequest,
+    step: &'a Step,
+    request_id: &'a str,
+    time: i64,
+    attempt: u32,
+}
+
+/// How a call ended.
+struct Outcome<'a> {
+    usage: Usage,
+    cost: i64,
+    latency: Duration,
+    ttft: Option<Duration>,
+    result_code: &'a str,
+    error_reason: &'a str,
+}
+
+/// A stream of completion events.
+pub type CompletionStream = BoxStream<'static, Result<StreamEvent>>;
+
+/// A completion being streamed: its id and creation time are known before its first event.
+pub struct Streaming {
+    /// The completion's id (the final event's too).
+    pub id: String,
+    /// Unix time of creation, in seconds.
+    pub created: i64,
+    /// The events.
+    pub events: CompletionStream,
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The AI service's domain logic.
+#[derive(Debug, Clone)]
+pub struct Ai {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalogue: Catalogue,
+    deployments: BTreeMap<String, Deployment>,
+    aliases: BTreeMap<String, Vec<String>>,
+    providers: HashMap<&'static str, Arc<dyn ChatProvider>>,
+    recorder: UsageRecorder,
+    db: Db,
+}
+
+fn page_error(field: &str) -> impl Fn(PageError) -> AiError + '_ {
+    move |err| AiError::invalid(field, err.to_string())
+}
+
+impl Ai {
+    /// The domain over a catalogue, configured deployments, the provider adapters, and the usage
+    /// recorder and store.
+    pub fn new(
+        catalogue: Catalogue,
+        config: &AiConfig,
+        providers: Vec<Arc<dyn ChatProvider>>,
+        recorder: UsageRecorder,
+        db: Db,
+    ) -> Self {
+        let mut deployments: BTreeMap<String, Deployment> = config
+            .deployments
+            .iter()
+            .map(|(name, d)| {
+                let deployment = Deployment {
+                    name: name.clone(),
+                    provider: d.provider.clone(),
+                    model: d.model.clone(),
+                    provider_model: d.provider_model.clone().unwrap_or_else(|| d.model.clone()),
+                    base_url: d.base_url.clone().unwrap_or_default(),
+                    timeout: d.timeout,
+                };
+                (name.clone(), deployment)
+            })
+            .collect();
+        deployments
+            .entry("echo".to_owned())
+            .or_insert_with(|| Deployment {
+                name: "echo".into(),
+                provider: "echo".into(),
+                model: "echo".into(),
+                provider_model: "echo".into(),
+                base_url: String::new(),
+                timeout: Duration::from_secs(10),
+            });
+        Ai {
+            inner: Arc::new(Inner {
+                catalogue,
+                deployments,
+                aliases: config.aliases.clone(),
+                providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
+                recorder,
+                db,
+            }),
+        }
+    }
+
+    /// The catalogue in force.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    /// Configured aliases and the deployments they name.
+    pub fn aliases(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.inner.aliases
+    }
+
+    /// The deployments a request for `model` tries, in order, and notices for the caller.
+    fn plan(&self, model: &str) -> Result<(Vec<Step>, Vec<String>)> {
+        let inner = &self.inner;
+        let step = |deployment: &Deployment| -> Result<Step> {
+            let (id, entry, _) = inner
+                .catalogue
+                .resolve(&deployment.model)
+                .ok_or_else(|| AiError::NoDeployment(deployment.model.clone()))?;
+            Ok(Step {
+                deployment: deployment.clone(),
+                model: id.to_owned(),
+                entry: entry.clone(),
+            })
+        };
+        if let Some(targets) = inner.aliases.get(model) {
+            let steps = targets
+                .iter()
+                .filter_map(|name| inner.deployments.get(name))
+                .map(step)
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((steps, Vec::new()));
+        }
+        let Some((id, _, notice)) = inner.catalogue.resolve(model) else {
+            return Err(AiError::invalid(
+                "model",
+                format!(
+                    "{model:?} is neither a catalogue model nor an alias; ListModels shows both"
+                ),
+            ));
+        };
+        let steps = inner
+            .deployments
+            .values()
+            .filter(|d| {
+                inner
+                    .catalogue
+                    .resolve(&d.model)
+                    .is_some_and(|(served, _, _)| served == id)
+            })
+            .map(step)
+            .collect::<Result<Vec<_>>>()?;
+        if steps.is_empty() {
+            return Err(AiError::NoDeployment(id.to_owned()));
+        }
+        Ok((steps, notice.into_iter().collect()))
+    }
+
+    /// The request as `step` can serve it: features its model lacks are refused, or dropped when
+    /// the request allows it.
+    fn adapt(&self, request: &ChatRequest, step: &Step) -> Result<ChatRequest> {
+        let mut adapted = request.clone();
+        let target = format!("{} ({})", step.model, step.deployment.provider);
+        let mut lacks =
+            |feature: &str, capability: &str, drop: &mut dyn FnMut(&mut ChatRequest)| {
+                if step.entry.can(capability) {
+                    return Ok(());
+                }
+                if request.allow_unsupported {
+                    drop(&mut adapted);
+                    return Ok(());
+                }
+                Err(AiError::Unsupported {
+                    feature: feature.to_owned(),
+                    target: target.clone(),
+                })
+            };
+        if !request.tools.is_empty() {
+            lacks("tools", "tools", &mut |r| {
+                r.tools.clear();
+                r.tool_choice = None;
+                r.parallel_tool_calls = None;
+            })?;
+        }
+        let has = |f: &dyn Fn(&PartKind) -> bool| {
+            request
+                .messages
+                .iter()
+                .flat_map(|m| &m.parts)
+                .any(|p| f(&p.kind))
+        };
+        let strip = |r: &mut ChatRequest, f: &dyn Fn(&PartKind) -> bool| {
+            for message in &mut r.messages {
+                message.parts.retain(|p| !f(&p.kind));
+            }
+        };
+        if has(&|k| matches!(k, PartKind::Image { .. })) {
+            lacks("image parts", "vision", &mut |r| {
+                strip(r, &|k| matches!(k, PartKind::Image { .. }))
+            })?;
+        }
+        if has(&|k| matches!(k, PartKind::Document { .. })) {
+            lacks("document parts", "documents", &mut |r| {
+                strip(r, &|k| matches!(k, PartKind::Document { .. }))
+            })?;
+        }
+        if has(&|k| matches!(k, PartKind::Audio { .. })) {
+            lacks("audio parts", "audio_input", &mut |r| {
+                strip(r, &|k| matches!(k, PartKind::Audio { .. }))
+            })?;
+        }
+        if matches!(request.response_format, ResponseFormat::JsonSchema { .. }) {
+            lacks("response_format.json_schema", "json_schema", &mut |r| {
+                r.response_format = ResponseFormat::Text;
+            })?;
+        }
+        Ok(adapted)
+    }
+
+    fn validate(&self, request: &ChatRequest, steps: &[Step]) -> Result<()> {
+        let mut violations = Vec::new();
+        if request.messages.is_empty() {
+            violations.push(FieldViolation::new(
+                "messages",
+                "at least one message is required",
+            ));
+        }
+        if request.stop.len() > MAX_STOP {
+            violations.push(FieldViolation::new(
+                "stop",
+                format!("at most {MAX_STOP} stop sequences"),
+            ));
+        }
+        if request
+            .temperature
+            .is_some_and(|t| !(0.0..=2.0).contains(&t))
+        {
+            violations.push(FieldViolation::new(
+                "temperature",
+                "must be between 0 and 2",
+            ));
+        }
+        if request.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            violations.push(FieldViolation::new("top_p", "must be between 0 and 1"));
+        }
+        for (index, tool) in request.tools.iter().enumerate() {
+            let valid_name = !tool.name.is_empty()
+                && tool.name.len() <= 64
+                && tool
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_name {
+                violations.push(FieldViolation::new(
+                    format!("tools[{index}].name"),
+                    "1 to 64 letters, digits, '_' or '-'",
+                ));
+            }
+        }
+        if let Some(ToolChoice::Tool(name)) = &request.tool_choice
+            && !request.tools.iter().any(|t| &t.name == name)
+        {
+            violations.push(FieldViolation::new(
+                "tool_choice.tool_name",
+                "names no tool of the request",
+            ));
+        }
+        for provider in request.provider_options.providers() {
+            if !request.allow_unsupported
+                && !steps.iter().any(|s| s.deployment.provider == provider)
+            {
+                violations.push(FieldViolation::new(
+                    format!("provider_options.{provider}"),
+                    format!("no deployment of {} is {provider}", request.model),
+                ));
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(AiError::Invalid(violations))
+        }
+    }
+
+    fn provider(&self, step: &Step) -> Result<&Arc<dyn ChatProvider>> {
+        self.inner
+            .providers
+            .get(step.deployment.provider.as_str())
+            .ok_or_else(|| {
+                AiError::NoDeployment(format!(
+                    "{} (provider {} is not built in)",
+                    step.model, step.deployment.provider
+                ))
+            })
+    }
+
+    /// One completion, trying each deployment of the plan in turn on retryable failures.
+    pub async fn complete(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse> {
+        let (steps, notices) = self.plan(&request.model)?;
+        self.validate(request, &steps)?;
+        let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let mut attempts = Vec::new();
+        let mut cost = 0;
+        let mut last_error = None;
+        for (index, step) in steps.iter().enumerate() {
+            let adapted = match self.adapt(request, step) {
+                Ok(adapted) => adapted,
+                // A fallback that cannot serve the request is skipped; if none can, the first
+                // reason is what the caller sees.
+                Err(err) => {
+                    last_error.get_or_insert(err);
+                    continue;
+                }
+            };
+            let provider = self.provider(step)?;
+            let started = Instant::now();
+            let time = now_micros();
+            let result = tokio::time::timeout(
+                step.deployment.timeout,
+                provider.complete(&step.deployment, &adapted),
+            )
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+            let latency = started.elapsed();
+            let attempt_number = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            match result {
+                Ok(ProviderResponse {
+                    message,
+                    finish_reason,
+                    usage,
+                }) => {
+                    let call_cost = cost_micros(&usage, &step.entry.prices());
+                    cost += call_cost;
+                    attempts.push(attempt(step, "OK", String::new(), latency));
+                    self.record(
+                        &Call {
+                            caller,
+                            request,
+                            step,
+                            request_id: &id,
+                            time,
+                            attempt: attempt_number,
+                        },
+                        Outcome {
+                            usage,
+                            cost: call_cost,
+                            latency,
+                            ttft: None,
+                            result_code: "OK",
+                            error_reason: "",
+                        },
+                    );
+                    return Ok(ChatResponse {
+                        id,
+                        model: step.model.clone(),
+                        provider: step.deployment.provider.clone(),
+                        deployment: step.deployment.name.clone(),
+                        message,
+                        finish_reason,
+                        usage,
+                        cost_micros: cost,
+                        attempts,
+                        notices,
+                        created: time / 1_000_000,
+                    });
+                }
+                Err(err) => {
+                    attempts.push(attempt(step, err.result_code(), err.to_string(), latency));
+                    self.record(
+                        &Call {
+                            caller,
+                            request,
+                            step,
+                            request_id: &id,
+                            time,
+                            attempt: attempt_number,
+                        },
+                        Outcome {
+                            usage: Usage::default(),
+                            cost: 0,
+                            latency,
+                            ttft: None,
+                            result_code: err.result_code(),
+                            error_reason: err.reason(),
+                        },
+                    );
+                    let retry = err.is_retryable() && index + 1 < steps.len();
+                    if !retry {
+                        return Err(err.into());
+                    }
+                    tracing::warn!(deployment = %step.deployment.name, error = %err, "trying the next deployment");
+                    tokio::time::sleep(backoff(&err, attempts.len())).await;
+                    last_error = Some(err.into());
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| AiError::NoDeployment(request.model.clone())))
+    }
+
+    /// One completion, streamed. Deployments are tried in turn until one starts streaming; once
+    /// output has reached the caller there is no fallback, and a failure ends the stream.
+    pub async fn stream(&self, caller: &Caller, request: &ChatRequest) -> Result<Streaming> {
+        let (steps, notices) = self.plan(&request.model)?;
+        self.validate(request, &steps)?;
+        let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let mut attempts = Vec::new();
+        let mut last_error = None;
+        for (index, step) in steps.iter().enumerate() {
+            let adapted = match self.adapt(request, step) {
+                Ok(adapted) => adapted,
+                Err(err) => {
+                    last_error.get_or_insert(err);
+                    continue;
+                }
+            };
+            let provider = self.provider(step)?;
+            let started = Instant::now();
+            let time = now_micros();
+            let opened = tokio::time::timeout(
+                step.deployment.timeout,
+                provider.stream(&step.deployment, &adapted),
+            )
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+            let attempt_number = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            match opened {
+                Ok(events) => {
+                    let (stream_id, created) = (id.clone(), time / 1_000_000);
+                    let run = StreamRun {
+                        ai: self.clone(),
+                        caller: caller.clone(),
+                        request: request.clone(),
+                        step: step.clone(),
+                        id,
+                        time,
+                        started,
+                        attempt_number,
+                        attempts,
+                        notices,
+                    };
+                    return Ok(Streaming {
+                        id: stream_id,
+                        created,
+                        events: run.forward(events),
+                    });
+                }
+                Err(err) => {
+                    let latency = started.elapsed();
+                    attempts.push(attempt(step, err.result_code(), err.to_string(), latency));
+                    self.record(
+                        &Call {
+                            caller,
+                            request,
+                            step,
+                            request_id: &id,
+                            time,
+                            attempt: attempt_number,
+                        },
+                        Outcome {
+                            usage: Usage::default(),
+                            cost: 0,
+                            latency,
+                            ttft: None,
+                            result_code: err.result_code(),
+                            error_reason: err.reason(),
+                        },
+                    );
+                    if !(err.is_retryable() && index + 1 < steps.len()) {
+                        return Err(err.into());
+                    }
+                    tokio::time::sleep(backoff(&err, attempts.len())).await;
+                    last_error = Some(err.into());
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| AiError::NoDeployment(request.model.clone())))
+    }
+
+    fn record(&self, call: &Call<'_>, outcome: Outcome<'_>) {
+        let Call {
+            caller,
+            request,
+            step,
+            request_id,
+            time,
+            attempt,
+        } = *call;
+        let Outcome {
+            usage,
+            cost,
+            latency,
+            ttft,
+            result_code,
+            error_reason,
+        } = outcome;
+        let id = if result_code == "OK" {
+            request_id.to_owned()
+        } else {
+            format!("{request_id}-{attempt}")
+        };
+        metrics::counter!(
+            "switchyard_ai_requests_total",
+            "provider" => step.deployment.provider.clone(),
+            "model" => step.model.clone(),
+            "code" => result_code.to_owned(),
+        )
+        .increment(1);
+        metrics::counter!("switchyard_ai_cost_micro_usd_total", "model" => step.model.clone())
+            .increment(u64::try_from(cost).unwrap_or(0));
+        self.inner.recorder.record(UsageRecord {
+            id,
+            tenant: caller.tenant.clone(),
+            time,
+            principal: caller.subject.clone(),
+            tags: request.tags.clone(),
+            provider: step.deployment.provider.clone(),
+            model: step.model.clone(),
+            deployment: step.deployment.name.clone(),
+            usage,
+            cost_micros: cost,
+            latency,
+            time_to_first_token: ttft,
+            result_code: result_code.to_owned(),
+            error_reason: error_reason.to_owned(),
+            end_user_id: request.end_user_id.clone().unwrap_or_default(),
+            attempt,
+            request_id: request_id.to_owned(),
+        });
+    }
+
+    /// A model or alias by id.
+    pub fn model(&self, id: &str) -> Option<ModelView<'_>> {
+        if let Some(entry) = self.inner.catalogue.models.get(id) {
+            return Some(ModelView::Model {
+                id: self.inner.catalogue.models.get_key_value(id)?.0,
+                entry,
+            });
+        }
+        self.inner
+            .aliases
+            .get_key_value(id)
+            .map(|(alias, targets)| ModelView::Alias {
+                id: alias,
+                deployments: targets,
+            })
+    }
+
+    /// Every model and alias, by id, optionally of one provider.
+    pub fn models(&self, provider: Option<&str>) -> Vec<ModelView<'_>> {
+        let mut out: Vec<ModelView<'_>> = self
+            .inner
+            .catalogue
+            .models
+            .iter()
+            .filter(|(_, entry)| provider.is_none_or(|p| entry.provider == p))
+            .map(|(id, entry)| ModelView::Model { id, entry })
+            .collect();
+        if provider.is_none() {
+            out.extend(
+                self.inner
+                    .aliases
+                    .iter()
+                    .map(|(id, deployments)| ModelView::Alias { id, deployments }),
+            );
+        }
+        out
+    }
+
+    /// The estimated cost of a request before it is sent.
+    pub fn estimate(&self, request: &ChatRequest) -> Result<Estimate> {
+        let (steps, _) = self.plan(&request.model)?;
+        let step = steps
+            .first()
+            .ok_or_else(|| AiError::NoDeployment(request.model.clone()))?;
+        let input_tokens = tokens::estimate_request(request);
+        let output_tokens = request
+            .max_output_tokens
+            .map(u64::from)
+            .unwrap_or(step.entry.max_output_tokens);
+        let prices = step.entry.prices();
+        Ok(Estimate {
+            model: step.model.clone(),
+            input_tokens,
+            output_tokens,
+            input_cost_micros: cost_micros(
+                &Usage {
+                    input_tokens,
+                    ..Usage::default()
+                },
+                &prices,
+            ),
+            max_output_cost_micros: cost_micros(
+                &Usage {
+                    output_tokens,
+                    ..Usage::default()
+                },
+                &prices,
+            ),
+        })
+    }
+
+    /// The tenant's usage records, newest first.
+    pub async fn list_usage(
+        &self,
+        caller: &Caller,
+        filter: &UsageFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<UsageRecord>> {
+        let size = page::page_size(page_size).map_err(page_error("page_size"))?;
+        let fingerprint = page::filter_fingerprint(&format!("{filter:?}"));
+        let before: Option<(i64, String)> =
+            page::decode_token(page_token, &fingerprint).map_err(page_error("page_token"))?;
+        let mut tx = self.inner.db.begin().await?;
+        let mut items = usage::list(&mut tx, &caller.tenant, filter, before, size + 1).await?;
+        tx.commit().await?;
+        let next_page_token = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|last| page::encode_token(&(last.time, last.id.clone()), &fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+/// A model or an alias, as ListModels shows it.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelView<'a> {
+    /// A catalogue model.
+    Model {
+        /// Its id.
+        id: &'a str,
+        /// Its entry.
+        entry: &'a ModelEntry,
+    },
+    /// An alias.
+    Alias {
+        /// Its id.
+        id: &'a str,
+        /// Its deployments, in order.
+        deployments: &'a [String],
+    },
+}
+
+/// What EstimateCost answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Estimate {
+    /// The model priced.
+    pub model: String,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Output tokens priced.
+    pub output_tokens: u64,
+    /// Cost of the input.
+    pub input_cost_micros: i64,
+    /// Most the output could cost.
+    pub max_output_cost_micros: i64,
+}
+
+fn attempt(step: &Step, result_code: &str, error: String, latency: Duration) -> Attempt {
+    Attempt {
+        deployment: step.deployment.name.clone(),
+        provider: step.deployment.provider.clone(),
+        model: step.deployment.provider_model.clone(),
+        result_code: result_code.to_owned(),
+        error,
+        latency,
+    }
+}
+
+/// The pause before the next deployment: the provider's Retry-After when it gave one, else
+/// exponential from 50 ms, with jitter; never more than [`MAX_BACKOFF`].
+fn backoff(err: &ProviderError, attempt: usize) -> Duration {
+    if let ProviderError::RateLimited {
+        retry_after: Some(after),
+    } = err
+    {
+        return (*after).min(MAX_BACKOFF);
+    }
+    let base = Duration::from_millis(50).saturating_mul(1 << attempt.min(5));
+    // Full jitter from the subsecond clock: no need for a random generator here.
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) % (base.as_millis() as u64 + 1);
+    Duration::from_millis(jitter).min(MAX_BACKOFF)
+}
+
+/// Forwards a provider's stream, assembling the whole answer for the last event.
+struct StreamRun {
+    ai: Ai,
+    caller: Caller,
+    request: ChatRequest,
+    step: Step,
+    id: String,
+    time: i64,
+    started: Instant,
+    attempt_number: u32,
+    attempts: Vec<Attempt>,
+    notices: Vec<String>,
+}
+
+impl StreamRun {
+    fn forward(self, events: crate::providers::EventStream) -> CompletionStream {
+        let state = (self, events, Assembly::default(), None::<Duration>, false);
+        futures::stream::unfold(
+            state,
+            |(mut run, mut events, mut assembly, mut ttft, done)| async move {
+                if done {
+                    return None;
+                }
+                match events.next().await {
+                    Some(Ok(ProviderEvent::Delta(delta))) => {
+                        ttft.get_or_insert_with(|| run.started.elapsed());
+                        assembly.add(&delta);
+                        Some((
+                            Ok(StreamEvent::Delta(delta)),
+                            (run, events, assembly, ttft, false),
+                        ))
+                    }
+                    Some(Ok(ProviderEvent::Finished {
+                        finish_reason,
+                        usage,
+                    })) => {
+                        let latency = run.started.elapsed();
+                        let cost = cost_micros(&usage, &run.step.entry.prices());
+                        run.attempts
+                            .push(attempt(&run.step, "OK", String::new(), latency));
+                        run.ai.record(
+                            &Call {
+                                caller: &run.caller,
+                                request: &run.request,
+                                step: &run.step,
+                                request_id: &run.id,
+                                time: run.time,
+                                attempt: run.attempt_number,
+                            },
+                            Outcome {
+                                usage,
+                                cost,
+                                latency,
+                                ttft,
+                                result_code: "OK",
+                                error_reason: "",
+                            },
+                        );
+                        let response = ChatResponse {
+                            id: run.id.clone(),
+                            model: run.step.model.clone(),
+                            provider: run.step.deployment.provider.clone(),
+                            deployment: run.step.deployment.name.clone(),
+                            message: assembly.message(),
+                            finish_reason,
+                            usage,
+                            cost_micros: cost,
+                            attempts: std::mem::take(&mut run.attempts),
+                            notices: std::mem::take(&mut run.notices),
+                            created: run.time / 1_000_000,
+                        };
+                        Some((
+                            Ok(StreamEvent::Done(Box::new(response))),
+                            (run, events, assembly, ttft, true),
+                        ))
+                    }
+                    Some(Err(err)) => {
+                        let latency = run.started.elapsed();
+                        run.ai.record(
+                            &Call {
+                                caller: &run.caller,
+                                request: &run.request,
+                                step: &run.step,
+                                request_id: &run.id,
+                                time: run.time,
+                                attempt: run.attempt_number,
+                            },
+                            Outcome {
+                                usage: Usage::default(),
+                                cost: 0,
+                                latency,
+                                ttft,
+                                result_code: err.result_code(),
+                                error_reason: err.reason(),
+                            },
+                        );
+                        Some((Err(err.into()), (run, events, assembly, ttft, true)))
+                    }
+                    None => {
+                        let err = ProviderError::Other(
+                            "the provider's stream ended without finishing".into(),
+                        );
+                        let latency = run.started.elapsed();
+                        run.ai.record(
+                            &Call {
+                                caller: &run.caller,
+                                request: &run.request,
+                                step: &run.step,
+                                request_id: &run.id,
+                                time: run.time,
+                                attempt: run.attempt_number,
+                            },
+                            Outcome {
+                                usage: Usage::default(),
+                                cost: 0,
+                                latency,
+                                ttft,
+                                result_code: err.result_code(),
+                                error_reason: err.reason(),
+                            },
+                        );
+                        Some((Err(err.into()), (run, events, assembly, ttft, true)))
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+}
+
+/// The answer put together from its deltas.
+#[derive(Debug, Default)]
+struct Assembly {
+    text: String,
+    thinking: String,
+    calls: BTreeMap<u32, ToolCall>,
+}
+
+impl Assembly {
+    fn add(&mut self, delta: &Delta) {
+        match delta {
+            Delta::Text(text) => self.text.push_str(text),
+            Delta::Thinking(text) => self.thinking.push_str(text),
+            Delta::ToolCall(piece) => {
+                let call = self.calls.entry(piece.index).or_insert_with(|| ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments_json: String::new(),
+                });
+                if let Some(id) = &piece.id {
+                    call.id.clone_from(id);
+                }
+                if let Some(name) = &piece.name {
+                    call.name.clone_from(name);
+                }
+                call.arguments_json.push_str(&piece.arguments_json);
+            }
+        }
+    }
+
+    fn message(&self) -> Message {
+        let mut parts = Vec::new();
+        if !self.thinking.is_empty() {
+            parts.push(Part {
+                kind: PartKind::Thinking {
+                    text: self.thinking.clone(),
+                    signature: None,
+                },
+                cache_breakpoint: false,
+            });
+        }
+        if !self.text.is_empty() {
+            parts.push(Part::text(self.text.clone()));
+        }
+        parts.extend(self.calls.values().map(|call| Part {
+            kind: PartKind::ToolCall(call.clone()),
+            cache_breakpoint: false,
+        }));
+        Message {
+            role: Role::Assistant,
+            parts,
+            name: None,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The OpenAI-compatible HTTP surface on the HTTP edge: `POST /v1/chat/completions` (with
+//! `stream: true` as server-sent events ending in `data: [DONE]`) and `GET /v1/models`, so the
+//! official OpenAI SDKs work against Switchyard with its token as their API key. Any catalogue
+//! model of any provider, and every alias, is usable through it.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_auth::Principal;
+use switchyard_kit::{ApiError, Authenticator};
+
+use crate::api::{SCOPE_COMPLETE, SCOPE_READ, api_error};
+use crate::domain::error::AiError;
+use crate::domain::model::*;
+use crate::domain::service::{Ai, ModelView};
+
+/// The routes, behind the same authentication as gRPC.
+pub fn router(ai: Ai, authenticator: Arc<dyn Authenticator>) -> Router {
+    let completions = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (authenticator.clone(), SCOPE_COMPLETE),
+            switchyard_kit::http::require_scope,
+        ));
+    let models = Router::new()
+        .route("/v1/models", get(list_models))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (authenticator, SCOPE_READ),
+            switchyard_kit::http::require_scope,
+        ));
+    completions.merge(models).with_state(ai)
+}
+
+/// An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), which the SDKs
+/// parse, with the status of the same error on gRPC.
+fn openai_error(err: ApiError) -> Response {
+    let kind = match err.http_status().as_u16() {
+        400 | 404 | 409 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    };
+    let param = err.violations().first().map(|v| v.field.clone());
+    let body = json!({
+        "error": { "message": err.message(), "type": kind, "param": param, "code": err.reason().to_ascii_lowercase() }
+    });
+    let mut response = (err.http_status(), Json(body)).into_response();
+    if let Some(delay) = err.retry_after()
+        && let Ok(value) = axum::http::HeaderValue::from_str(&delay.as_secs().max(1).to_string())
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn invalid(field: &str, description: &str) -> ApiError {
+    api_error(AiError::invalid(field, description))
+}
+
+/// A chat completion request as OpenAI documents it (the fields Switchyard uses).
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: String,
+    messages: Vec<OpenAiMessage>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<Value>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    stop: Option<Value>,
+    seed: Option<i64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<Value>,
+    user: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenAiMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+    name: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<Value>,
+    tool_call_id: Option<String>,
+}
+
+fn parts_of(content: &Value, field: &str) -> Result<Vec<Part>, ApiError> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(text) => Ok(vec![Part::text(text.clone())]),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let field = format!("{field}[{i}]");
+                match item.get("type").and_then(Value::as_str) {
+                    Some("text") => Ok(Part::text(item["text"].as_str().unwrap_or_default())),
+                    Some("image_url") => {
+                        let url = item["image_url"]["url"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let detail = item["image_url"]["detail"].as_str().map(str::to_owned);
+                        Ok(Part {
+                            kind: PartKind::Image {
+                                source: Source::Url(url),
+                                detail,
+                            },
+                            cache_breakpoint: false,
+                        })
+                    }
+                    Some("input_audio") => {
+                        use base64::Engine;
+                        let data = item["input_audio"]["data"].as_str().unwrap_or_default();
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(data)
+                            .map_err(|_| invalid(&field, "input_audio.data must be base64"))?;
+                        let format = item["input_audio"]["format"]
+                            .as_str()
+                            .unwrap_or("wav")
+                            .to_owned();
+                        Ok(Part {
+                            kind: PartKind::Audio { bytes, format },
+                            cache_breakpoint: false,
+                        })
+                    }
+                    _ => Err(invalid(
+                        &field,
+                        "content parts are text, image_url or input_audio",
+                    )),
+                }
+            })
+            .collect(),
+        _ => Err(invalid(
+            field,
+            "must be a string or an array of content parts",
+        )),
+    }
+}
+
+fn chat_request(body: CompletionRequest) -> Result<(ChatRequest, bool, bool), ApiError> {
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (m, message) in body.messages.iter().enumerate() {
+        let field = format!("messages[{m}]");
+        let role = match message.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            _ => {
+                return Err(invalid(
+                    &format!("{field}.role"),
+                    "system, developer, user, assistant or tool",
+                ));
+            }
+        };
+        let mut parts = parts_of(&message.content, &format!("{field}.content"))?;
+        if role == Role::Tool {
+            let content = parts
+                .iter()
+                .map(|p| match &p.kind {
+                    PartKind::Text(t) => t.as_str(),
+                    _ => "",
+                })
+                .collect::<String>();
+            parts = vec![Part {
+                kind: PartKind::ToolResult {
+                    tool_call_id: message.tool_call_id.clone().unwrap_or_default(),
+                    name: message.name.clone().unwrap_or_default(),
+                    content,
+                    is_error: false,
+                },
+                cache_breakpoint: false,
+            }];
+        }
+        for call in &message.tool_calls {
+            parts.push(Part {
+                kind: PartKind::ToolCall(ToolCall {
+                    id: call["id"].as_str().unwrap_or_default().to_owned(),
+                    name: call["function"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    arguments_json: call["function"]["arguments"]
+                        .as_str()
+                        .unwrap_or("{}")
+                        .to_owned(),
+                }),
+                cache_breakpoint: false,
+            });
+        }
+        messages.push(Message {
+            role,
+            parts,
+            name: message.name.clone().filter(|_| role != Role::Tool),
+        });
+    }
+    let tools = body
+        .tools
+        .iter()
+        .map(|tool| Tool {
+            name: tool["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            description: tool["function"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            parameters: tool["function"]
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"})),
+            strict: tool["function"]["strict"].as_bool().unwrap_or(false),
+        })
+        .collect();
+    let tool_choice = match &body.tool_choice {
+        None => None,
+        Some(Value::String(mode)) => match mode.as_str() {
+            "auto" => Some(ToolChoice::Auto),
+            "none" => Some(ToolChoice::None),
+            "required" => Some(ToolChoice::Required),
+            _ => {
+                return Err(invalid(
+                    "tool_choice",
+                    "auto, none, required or a named function",
+                ));
+            }
+        },
+        Some(choice) => match choice["function"]["name"].as_str() {
+            Some(name) => Some(ToolChoice::Tool(name.to_owned())),
+            None => {
+                return Err(invalid(
+                    "tool_choice",
+                    "auto, none, required or a named function",
+                ));
+            }
+        },
+    };
+    let response_format = match body
+        .response_format
+        .as_ref()
+        .and_then(|f| f["type"].as_str())
+    {
+        None | Some("text") => ResponseFormat::Text,
+        Some("json_object") => ResponseFormat::JsonObject,
+        Some("json_schema") => {
+            let schema = &body
+                .response_format
+                .as_ref()
+                .map(|f| f["json_schema"].clone())
+                .unwrap_or_default();
+            ResponseFormat::JsonSchema {
+                name: schema["name"].as_str().unwrap_or_default().to_owned(),
+                schema: schema["schema"].clone(),
+                strict: schema["strict"].as_bool().unwrap_or(false),
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "response_format.type",
+                "text, json_object or json_schema",
+            ));
+        }
+    };
+    let stop = match &body.stop {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        Some(_) => return Err(invalid("stop", "a string or an array of strings")),
+    };
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .and_then(|o| o["include_usage"].as_bool())
+        .unwrap_or(false);
+    let request = ChatRequest {
+        model: body.model,
+        messages,
+        tools,
+        tool_choice,
+        parallel_tool_calls: body.parallel_tool_calls,
+        response_format,
+        temperature: body.temperature,
+        top_p: body.top_p,
+        max_output_tokens: body.max_completion_tokens.or(body.max_tokens),
+        stop,
+        seed: body.seed,
+        tags: body.metadata,
+        end_user_id: body.user,
+        provider_options: ProviderOptions::default(),
+        allow_unsupported: false,
+    };
+    Ok((request, body.stream, include_usage))
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop | FinishReason::Error => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+    }
+}
+
+fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": { "cached_tokens": usage.cache_read_tokens },
+        "completion_tokens_details": { "reasoning_tokens": usage.reasoning_tokens },
+    })
+}
+
+fn tool_calls_json(message: &Message) -> Vec<Value> {
+    message
+        .tool_calls()
+        .map(|call| json!({"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}))
+        .collect()
+}
+
+fn completion_json(response: &ChatResponse) -> Value {
+    let text = response.message.text();
+    let calls = tool_calls_json(&response.message);
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }, "refusal": null});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    json!({
+        "id": response.id,
+        "object": "chat.completion",
+        "created": response.created,
+        "model": response.model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(response.finish_reason), "logprobs": null }],
+        "usage": usage_json(&response.usage),
+    })
+}
+
+async fn chat_completions(
+    State(ai): State<Ai>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: CompletionRequest = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            return openai_error(invalid(
+                "body",
+                &format!("not a chat completion request: {err}"),
+            ));
+        }
+    };
+    let (request, stream, include_usage) = match chat_request(body) {
+        Ok(parsed) => parsed,
+        Err(err) => return openai_error(err),
+    };
+    let caller = Caller {
+        tenant: principal.tenant.clone(),
+        subject: principal.subject.clone(),
+    };
+    if !stream {
+        return match ai.complete(&caller, &request).await {
+            Ok(response) => Json(completion_json(&response)).into_response(),
+            Err(err) => openai_error(api_error(err)),
+        };
+    }
+    let streaming = match ai.stream(&caller, &request).await {
+        Ok(streaming) => streaming,
+        Err(err) => return openai_error(api_error(err)),
+    };
+    let model = request.model.clone();
+    let (id, created, events) = (streaming.id, streaming.created, streaming.events);
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
+    };
+    let first = chunk(json!({"role": "assistant", "content": ""}), None);
+    let chunks = events.flat_map(move |event| {
+        let out: Vec<Value> = match event {
+            Ok(StreamEvent::Delta(Delta::Text(text))) => vec![chunk(json!({"content": text}), None)],
+            Ok(StreamEvent::Delta(Delta::Thinking(_))) => Vec::new(),
+            Ok(StreamEvent::Delta(Delta::ToolCall(piece))) => {
+                let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments_json}});
+                if let Some(id) = piece.id {
+                    call["id"] = json!(id);
+                    call["type"] = json!("function");
+                }
+                if let Some(name) = piece.name {
+                    call["function"]["name"] = json!(name);
+                }
+                vec![chunk(json!({"tool_calls": [call]}), None)]
+            }
+            Ok(StreamEvent::Done(response)) => {
+                let mut last = vec![chunk(json!({}), Some(finish_reason(response.finish_reason)))];
+                if include_usage {
+                    let mut usage = chunk(json!({}), None);
+                    usage["choices"] = json!([]);
+                    usage["usage"] = usage_json(&response.usage);
+                    last.push(usage);
+                }
+                last
+            }
+            // A failure after the response started: OpenAI sends an error object in the stream.
+            Err(err) => {
+                let api = api_error(err);
+                vec![json!({"error": {"message": api.message(), "type": "api_error", "code": api.reason().to_ascii_lowercase()}})]
+            }
+        };
+        futures::stream::iter(out)
+    });
+    let events = futures::stream::once(async move { first })
+        .chain(chunks)
+        .map(|value| Ok::<_, Infallible>(Event::default().data(value.to_string())))
+        .chain(futures::stream::once(async {
+            Ok(Event::default().data("[DONE]"))
+        }));
+    Sse::new(events).into_response()
+}
+
+async fn list_models(State(ai): State<Ai>) -> Response {
+    let data: Vec<Value> = ai
+        .models(None)
+        .into_iter()
+        .map(|view| {
+            let (id, owner) = match view {
+                ModelView::Model { id, entry } => (id, entry.provider.as_str()),
+                ModelView::Alias { id, .. } => (id, "switchyard"),
+            };
+            json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({"object": "list", "data": data})),
+    )
+        .into_response()
+}

@@ -1,0 +1,160 @@
+//! Provider adapters: each translates the neutral [`ChatRequest`] into its provider's wire format
+//! and the answer back. The service picks the adapter by the deployment's provider.
+
+pub mod echo;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::domain::model::{ChatRequest, Delta, FinishReason, Message, Usage};
+
+/// A configured place to send requests: a provider, its model name, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// The deployment's name in configuration.
+    pub name: String,
+    /// `openai`, `anthropic`, `gemini` or `echo`.
+    pub provider: String,
+    /// The catalogue model it serves.
+    pub model: String,
+    /// The model name the provider expects, when it differs from the catalogue's.
+    pub provider_model: String,
+    /// Base URL of the provider's API; empty for the provider's public endpoint.
+    pub base_url: String,
+    /// How long one call may take.
+    pub timeout: Duration,
+}
+
+/// What a provider answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderResponse {
+    /// The assistant message.
+    pub message: Message,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Normalized usage.
+    pub usage: Usage,
+}
+
+/// An event of a provider's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderEvent {
+    /// New output.
+    Delta(Delta),
+    /// The end, with the finish reason and usage.
+    Finished {
+        /// Why it stopped.
+        finish_reason: FinishReason,
+        /// Normalized usage.
+        usage: Usage,
+    },
+}
+
+/// How a call to a provider failed. The service decides, from the kind, whether to try the next
+/// deployment and what the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// 429: rate limited; retry after the delay if the provider gave one.
+    #[error("rate limited by the provider")]
+    RateLimited {
+        /// The provider's Retry-After.
+        retry_after: Option<Duration>,
+    },
+    /// 529 or "overloaded": retry elsewhere.
+    #[error("the provider is overloaded")]
+    Overloaded,
+    /// 5xx, connection errors.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The call took longer than the deployment's timeout.
+    #[error("the provider did not answer in time")]
+    Timeout,
+    /// The provider rejected Switchyard's credential (401/403).
+    #[error("the provider rejected the credential")]
+    CredentialRejected,
+    /// The request is invalid for the provider (400).
+    #[error("the provider refused the request: {0}")]
+    InvalidRequest(String),
+    /// The request uses a feature the provider lacks.
+    #[error("{feature} is not supported by {provider}")]
+    Unsupported {
+        /// The feature, named as in the API (`tools`, `response_format.json_schema`, ...).
+        feature: String,
+        /// The provider.
+        provider: String,
+    },
+    /// The input is longer than the model's context window.
+    #[error("the input is longer than the model's context window")]
+    ContextLength,
+    /// Anything else.
+    #[error("provider error: {0}")]
+    Other(String),
+}
+
+impl ProviderError {
+    /// Whether the next deployment should be tried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Overloaded
+                | ProviderError::Unavailable(_)
+                | ProviderError::Timeout
+        )
+    }
+
+    /// The gRPC code name recorded for it.
+    pub fn result_code(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "RESOURCE_EXHAUSTED",
+            ProviderError::Overloaded | ProviderError::Unavailable(_) => "UNAVAILABLE",
+            ProviderError::Timeout => "DEADLINE_EXCEEDED",
+            ProviderError::CredentialRejected => "FAILED_PRECONDITION",
+            ProviderError::InvalidRequest(_)
+            | ProviderError::Unsupported { .. }
+            | ProviderError::ContextLength => "INVALID_ARGUMENT",
+            ProviderError::Other(_) => "INTERNAL",
+        }
+    }
+
+    /// The ErrorInfo reason recorded for it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::RateLimited { .. } => "UPSTREAM_RATE_LIMITED",
+            ProviderError::Overloaded | ProviderError::Unavailable(_) | ProviderError::Timeout => {
+                "UPSTREAM_UNAVAILABLE"
+            }
+            ProviderError::CredentialRejected => "UPSTREAM_CREDENTIAL_REJECTED",
+            ProviderError::InvalidRequest(_) => "UPSTREAM_INVALID_REQUEST",
+            ProviderError::Unsupported { .. } => "UNSUPPORTED_FEATURE",
+            ProviderError::ContextLength => "CONTEXT_LENGTH_EXCEEDED",
+            ProviderError::Other(_) => "UPSTREAM_ERROR",
+        }
+    }
+}
+
+/// A stream of provider events.
+pub type EventStream = BoxStream<'static, Result<ProviderEvent, ProviderError>>;
+
+/// One provider's adapter.
+#[async_trait]
+pub trait ChatProvider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, as deployments name it.
+    fn name(&self) -> &'static str;
+
+    /// One completion.
+    async fn complete(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<ProviderResponse, ProviderError>;
+
+    /// One completion, streamed.
+    async fn stream(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<EventStream, ProviderError>;
+}

@@ -1,0 +1,432 @@
+//! The AI domain end to end on the echo model and a scripted provider: routing, aliases,
+//! deprecated names, capability checks, fallback with its attempt trace, streaming, usage records
+//! and their group commit.
+
+// Shared test helpers unwrap too: a failure should stop the test where it happens.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use switchyard_ai::config::{AiConfig, DeploymentConfig};
+use switchyard_ai::domain::catalogue::{Catalogue, ModelEntry};
+use switchyard_ai::domain::error::AiError;
+use switchyard_ai::domain::model::*;
+use switchyard_ai::providers::echo::Echo;
+use switchyard_ai::providers::{
+    ChatProvider, Deployment, EventStream, ProviderError, ProviderResponse,
+};
+use switchyard_ai::usage::{self, UsageFilter};
+use switchyard_ai::{Ai, COMPONENT};
+use switchyard_store::testing;
+use tokio_util::sync::CancellationToken;
+
+/// A provider that fails as scripted, then answers like echo.
+#[derive(Debug)]
+struct Scripted {
+    failures: Mutex<Vec<ProviderError>>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl ChatProvider for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn complete(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<ProviderResponse, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let next = self.failures.lock().unwrap().pop();
+        match next {
+            Some(err) => Err(err),
+            None => Echo.complete(deployment, request).await,
+        }
+    }
+
+    async fn stream(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<EventStream, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let next = self.failures.lock().unwrap().pop();
+        match next {
+            Some(err) => Err(err),
+            None => Echo.stream(deployment, request).await,
+        }
+    }
+}
+
+fn entry(provider: &str, price: f64, capabilities: &[&str]) -> ModelEntry {
+    let text = format!(
+        "provider = \"{provider}\"\ncontext_window = 1000\nmax_output_tokens = 100\ncapabilities = {caps:?}\ninput_per_million = {price}\noutput_per_million = {price}\n",
+        caps = capabilities
+    );
+    toml::from_str(&text).unwrap()
+}
+
+struct Fixture {
+    ai: Ai,
+    db: switchyard_store::Db,
+    scripted: Arc<Scripted>,
+    shutdown: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(failures: Vec<ProviderError>) -> Fixture {
+    let (db, dir) = testing::sqlite_db().await.unwrap();
+    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
+    let mut config = AiConfig::default();
+    config.models.insert(
+        "pricey".into(),
+        entry("scripted", 2.0, &["chat", "streaming"]),
+    );
+    let mut old = entry("echo", 0.0, &["chat"]);
+    old.deprecated = true;
+    old.successor = Some("echo".into());
+    config.models.insert("old-echo".into(), old);
+    config.deployments.insert(
+        "primary".into(),
+        DeploymentConfig {
+            provider: "scripted".into(),
+            model: "pricey".into(),
+            provider_model: Some("pricey-v1".into()),
+            base_url: None,
+            credential: None,
+            timeout: Duration::from_millis(500),
+        },
+    );
+    config
+        .aliases
+        .insert("chain".into(), vec!["primary".into(), "echo".into()]);
+    config.usage_flush_interval = Duration::from_millis(20);
+    let catalogue = Catalogue::load(&config.models).unwrap();
+    let shutdown = CancellationToken::new();
+    let (recorder, writer) = usage::start(
+        db.clone(),
+        config.usage_flush_interval,
+        100,
+        shutdown.clone(),
+    );
+    let scripted = Arc::new(Scripted {
+        failures: Mutex::new(failures),
+        calls: AtomicUsize::new(0),
+    });
+    let providers: Vec<Arc<dyn ChatProvider>> = vec![Arc::new(Echo), scripted.clone()];
+    let ai = Ai::new(catalogue, &config, providers, recorder, db.clone());
+    Fixture {
+        ai,
+        db,
+        scripted,
+        shutdown,
+        writer,
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    /// Stops the writer, which flushes every buffered record.
+    async fn flush(self) -> (Ai, switchyard_store::Db, tempfile::TempDir) {
+        self.shutdown.cancel();
+        self.writer.await.unwrap();
+        (self.ai, self.db, self._dir)
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        tenant: "acme".into(),
+        subject: "alice".into(),
+    }
+}
+
+fn ask(model: &str, text: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![
+            Message {
+                role: Role::System,
+                parts: vec![Part::text("be brief")],
+                name: None,
+            },
+            Message {
+                role: Role::User,
+                parts: vec![Part::text(text)],
+                name: None,
+            },
+        ],
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn echo_answers_with_usage_and_a_recorded_call() {
+    let f = fixture(vec![]).await;
+    let mut request = ask("echo", "hello there world");
+    request.tags = BTreeMap::from([("team".into(), "search".into())]);
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.message.text(), "hello there world");
+    assert_eq!(response.finish_reason, FinishReason::Stop);
+    assert_eq!(
+        (response.provider.as_str(), response.deployment.as_str()),
+        ("echo", "echo")
+    );
+    assert!(response.usage.input_tokens > 0 && response.usage.output_tokens > 0);
+    assert_eq!(response.attempts.len(), 1);
+
+    let (ai, _db, _dir) = f.flush().await;
+    let records = ai
+        .list_usage(&caller(), &UsageFilter::default(), 0, "")
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id, response.id);
+    assert_eq!(records[0].tags["team"], "search");
+    assert_eq!(records[0].usage, response.usage);
+    let other = Caller {
+        tenant: "globex".into(),
+        subject: "bob".into(),
+    };
+    assert!(
+        ai.list_usage(&other, &UsageFilter::default(), 0, "")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn echo_behaves_like_a_model_for_tools_formats_and_limits() {
+    let f = fixture(vec![]).await;
+    let mut request = ask("echo", "one two three four five");
+    request.max_output_tokens = Some(2);
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(
+        (response.message.text().as_str(), response.finish_reason),
+        ("one two ", FinishReason::Length)
+    );
+
+    let mut request = ask("echo", "call it");
+    request.tools = vec![Tool {
+        name: "lookup".into(),
+        description: String::new(),
+        parameters: serde_json::json!({"type": "object"}),
+        strict: false,
+    }];
+    request.tool_choice = Some(ToolChoice::Required);
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(response.message.tool_calls().next().unwrap().name, "lookup");
+
+    let mut request = ask("echo", "json please");
+    request.response_format = ResponseFormat::JsonObject;
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&response.message.text()).unwrap();
+    assert_eq!(parsed["echo"], "json please");
+}
+
+#[tokio::test]
+async fn streaming_forwards_deltas_and_ends_with_the_whole_answer() {
+    let f = fixture(vec![]).await;
+    let streaming = f.ai.stream(&caller(), &ask("echo", "a b c")).await.unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Delta(Delta::Text(t)) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, ["a ", "b ", "c"]);
+    let StreamEvent::Done(done) = events.last().unwrap() else {
+        panic!("no final event")
+    };
+    assert_eq!(done.id, streaming.id);
+    assert_eq!(done.message.text(), "a b c");
+
+    let (ai, _db, _dir) = f.flush().await;
+    let records = ai
+        .list_usage(&caller(), &UsageFilter::default(), 0, "")
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(records.len(), 1);
+    assert!(records[0].time_to_first_token.is_some());
+}
+
+#[tokio::test]
+async fn retryable_failures_fall_back_with_a_trace_and_a_record_per_attempt() {
+    let f = fixture(vec![ProviderError::RateLimited {
+        retry_after: Some(Duration::from_millis(10)),
+    }])
+    .await;
+    let response =
+        f.ai.complete(&caller(), &ask("chain", "hello"))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "echo", "served by the fallback");
+    let trace: Vec<(&str, &str)> = response
+        .attempts
+        .iter()
+        .map(|a| (a.deployment.as_str(), a.result_code.as_str()))
+        .collect();
+    assert_eq!(trace, [("primary", "RESOURCE_EXHAUSTED"), ("echo", "OK")]);
+    assert_eq!(
+        response.attempts[0].model, "pricey-v1",
+        "the provider's model name"
+    );
+
+    // A primary that succeeds is priced with its own prices.
+    let priced =
+        f.ai.complete(&caller(), &ask("chain", "hello again"))
+            .await
+            .unwrap();
+    assert_eq!(priced.deployment, "primary");
+    let expected = ((priced.usage.input_tokens + priced.usage.output_tokens) * 2) as i64;
+    assert_eq!(
+        priced.cost_micros, expected,
+        "$2 per million tokens either way"
+    );
+    assert_eq!(f.scripted.calls.load(Ordering::SeqCst), 2);
+
+    let (ai, _db, _dir) = f.flush().await;
+    let records = ai
+        .list_usage(&caller(), &UsageFilter::default(), 0, "")
+        .await
+        .unwrap()
+        .items;
+    let mut codes: Vec<(String, u32, String)> = records
+        .iter()
+        .map(|r| (r.deployment.clone(), r.attempt, r.result_code.clone()))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("echo".into(), 2, "OK".into()),
+            ("primary".into(), 1, "OK".into()),
+            ("primary".into(), 1, "RESOURCE_EXHAUSTED".into()),
+        ]
+    );
+    let failed = records.iter().find(|r| r.result_code != "OK").unwrap();
+    assert_eq!(
+        (failed.error_reason.as_str(), failed.cost_micros),
+        ("UPSTREAM_RATE_LIMITED", 0)
+    );
+    assert_eq!(
+        failed.request_id, response.id,
+        "attempts of one request share its id"
+    );
+}
+
+#[tokio::test]
+async fn non_retryable_failures_and_hangs_are_reported() {
+    let f = fixture(vec![ProviderError::CredentialRejected]).await;
+    let err =
+        f.ai.complete(&caller(), &ask("chain", "x"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, AiError::Provider(ProviderError::CredentialRejected)),
+        "{err:?}"
+    );
+    assert_eq!(err.result_code(), "FAILED_PRECONDITION");
+
+    let f = fixture(vec![ProviderError::Overloaded]).await;
+    let err =
+        f.ai.complete(&caller(), &ask("pricey", "x"))
+            .await
+            .unwrap_err();
+    assert_eq!(err.result_code(), "UNAVAILABLE", "no fallback to go to");
+}
+
+#[tokio::test]
+async fn models_aliases_and_deprecated_names_resolve() {
+    let f = fixture(vec![]).await;
+    let response =
+        f.ai.complete(&caller(), &ask("old-echo", "hi"))
+            .await
+            .unwrap();
+    assert_eq!(response.model, "echo");
+    assert!(
+        response.notices[0].contains("old-echo is deprecated"),
+        "{:?}",
+        response.notices
+    );
+
+    let err =
+        f.ai.complete(&caller(), &ask("gpt-nonexistent", "hi"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v[0].field == "model"),
+        "{err:?}"
+    );
+
+    assert!(f.ai.model("chain").is_some());
+    assert!(f.ai.models(None).len() >= 3);
+    assert!(f.ai.models(Some("scripted")).len() == 1);
+}
+
+#[tokio::test]
+async fn unsupported_features_are_refused_unless_allowed() {
+    let f = fixture(vec![]).await;
+    let mut request = ask("pricey", "look");
+    request.messages[1].parts.push(Part {
+        kind: PartKind::Image {
+            source: Source::Url("https://example.com/cat.png".into()),
+            detail: None,
+        },
+        cache_breakpoint: false,
+    });
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Unsupported { feature, .. } if feature == "image parts"),
+        "{err:?}"
+    );
+    request.allow_unsupported = true;
+    f.ai.complete(&caller(), &request).await.unwrap();
+
+    let mut request = ask("echo", "opts");
+    request.provider_options.anthropic = Some(serde_json::Map::new());
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v[0].field == "provider_options.anthropic"),
+        "{err:?}"
+    );
+
+    let mut request = ask("echo", "bad");
+    request.temperature = Some(3.0);
+    request.stop = vec!["a".into(); 5];
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v.len() == 2),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn estimates_price_input_and_the_most_output() {
+    let f = fixture(vec![]).await;
+    let mut request = ask("pricey", "estimate me");
+    request.max_output_tokens = Some(50);
+    let estimate = f.ai.estimate(&request).unwrap();
+    assert_eq!(estimate.model, "pricey");
+    assert_eq!(estimate.output_tokens, 50);
+    assert_eq!(estimate.max_output_cost_micros, 100);
+    assert_eq!(
+        estimate.input_cost_micros,
+        (estimate.input_tokens * 2) as i64
+    );
+}

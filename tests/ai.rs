@@ -1,0 +1,215 @@
+//! The AI service through real clients against a whole Switchyard process: gRPC Complete and
+//! StreamComplete, the OpenAI-compatible HTTP endpoints, scopes, and usage records that survive a
+//! restart.
+
+// Shared test helpers unwrap too: a failure should stop the test where it happens.
+#![allow(clippy::unwrap_used)]
+
+use switchyard_e2e::{Backend, TestServer, config, token};
+use switchyard_proto::ai::v1 as pb;
+use switchyard_proto::ai::v1::ai_service_client::AiServiceClient;
+use tonic::Code;
+
+fn ask(text: &str) -> pb::ChatRequest {
+    pb::ChatRequest {
+        model: "echo".into(),
+        messages: vec![pb::Message {
+            role: pb::Role::User as i32,
+            parts: vec![pb::Part {
+                kind: Some(pb::part::Kind::Text(text.into())),
+                cache_breakpoint: false,
+            }],
+            name: String::new(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn echo_over_grpc_and_the_openai_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(Backend::Sqlite, dir.path());
+    let server = TestServer::start(config.clone()).await;
+    let caller = token("acme", "alice", &["ai.*"]);
+    let mut client = AiServiceClient::new(server.channel().await);
+
+    let response = client
+        .complete(with_token(
+            pb::CompleteRequest {
+                chat: Some(ask("hello over grpc")),
+            },
+            &caller,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .response
+        .unwrap();
+    let text = match &response.message.as_ref().unwrap().parts[0].kind {
+        Some(pb::part::Kind::Text(text)) => text.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(text, "hello over grpc");
+    assert_eq!(response.finish_reason, pb::FinishReason::Stop as i32);
+    assert_eq!(response.cost.unwrap().currency_code, "USD");
+
+    let mut stream = client
+        .stream_complete(with_token(
+            pb::StreamCompleteRequest {
+                chat: Some(ask("a streamed answer")),
+            },
+            &caller,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = String::new();
+    let mut done = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.event.unwrap() {
+            pb::stream_complete_response::Event::Delta(delta) => streamed.push_str(&delta.text),
+            pb::stream_complete_response::Event::Done(response) => done = Some(response),
+        }
+    }
+    assert_eq!(streamed, "a streamed answer");
+    assert!(done.unwrap().usage.unwrap().output_tokens > 0);
+
+    // A token without ai.complete is refused.
+    let reader = token("acme", "carol", &["ai.read"]);
+    let err = client
+        .complete(with_token(
+            pb::CompleteRequest {
+                chat: Some(ask("x")),
+            },
+            &reader,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let models = client
+        .list_models(with_token(pb::ListModelsRequest::default(), &reader))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(models.models.iter().any(|m| m.id == "echo"));
+    assert!(models.catalogue_date.is_some());
+
+    // The OpenAI-compatible endpoint, as the SDKs call it.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", server.http);
+    let body = serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi over http"}]});
+    let completion: serde_json::Value = http
+        .post(&url)
+        .bearer_auth(&caller)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "hi over http"
+    );
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert!(completion["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    let body = serde_json::json!({"model": "echo", "stream": true, "stream_options": {"include_usage": true},
+                                  "messages": [{"role": "user", "content": "stream over http"}]});
+    let sse = http
+        .post(&url)
+        .bearer_auth(&caller)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "stream over http");
+    assert!(
+        chunks.iter().all(|c| c["id"] == chunks[0]["id"]),
+        "one id for the whole stream"
+    );
+    assert!(
+        chunks.last().unwrap()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    let unknown = serde_json::json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]});
+    let refused = http
+        .post(&url)
+        .bearer_auth(&caller)
+        .json(&unknown)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["param"], "model");
+    assert_eq!(
+        http.post(&url).json(&body).send().await.unwrap().status(),
+        401
+    );
+
+    let listed: serde_json::Value = http
+        .get(format!("http://{}/v1/models", server.http))
+        .bearer_auth(&caller)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "echo")
+    );
+
+    // Stopping flushes the usage records; they are there after a restart.
+    server.stop().await;
+    let server = TestServer::start(config).await;
+    let mut client = AiServiceClient::new(server.channel().await);
+    let usage = client
+        .list_usage(with_token(pb::ListUsageRequest::default(), &caller))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(usage.len(), 4, "two gRPC and two HTTP completions");
+    assert!(
+        usage
+            .iter()
+            .all(|r| r.result_code == "OK" && r.principal == "alice")
+    );
+    server.stop().await;
+}
