@@ -213,3 +213,93 @@ async fn echo_over_grpc_and_the_openai_endpoint() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn openai_deployments_read_their_key_from_the_credentials_service() {
+    use switchyard_proto::credentials::v1 as cred;
+    use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
+    use switchyard_testkit::fake_openai::FakeOpenAi;
+
+    let fake = FakeOpenAi::start().await.with_api_key("sk-from-vault");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(Backend::Sqlite, dir.path());
+    config.ai.deployments.insert(
+        "openai-main".into(),
+        switchyard_ai::config::DeploymentConfig {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            provider_model: None,
+            base_url: Some(fake.base_url()),
+            credential: Some("credentials/openai-key".into()),
+            organization: None,
+            project: None,
+            timeout: std::time::Duration::from_secs(5),
+        },
+    );
+    let server = TestServer::start(config).await;
+
+    // The operator stores the provider key in the system tenant.
+    let operator = token("system", "operator", &["credentials.*"]);
+    let mut credentials = CredentialServiceClient::new(server.channel().await);
+    credentials
+        .create_credential(with_token(
+            cred::CreateCredentialRequest {
+                credential_id: "openai-key".into(),
+                credential: Some(cred::Credential {
+                    kind: cred::CredentialKind::ApiKey as i32,
+                    provider: "openai".into(),
+                    ..Default::default()
+                }),
+                payload: Some(cred::SecretPayload {
+                    data: b"sk-from-vault".to_vec(),
+                }),
+                request_id: String::new(),
+            },
+            &operator,
+        ))
+        .await
+        .unwrap();
+
+    let caller = token("acme", "alice", &["ai.complete"]);
+    let mut client = AiServiceClient::new(server.channel().await);
+    let mut chat = ask("via the real key");
+    chat.model = "gpt-4o-mini".into();
+    let response = client
+        .complete(with_token(
+            pb::CompleteRequest { chat: Some(chat) },
+            &caller,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .response
+        .unwrap();
+    assert_eq!(
+        (response.provider.as_str(), response.deployment.as_str()),
+        ("openai", "openai-main")
+    );
+    assert_eq!(
+        fake.requests()[0].headers["authorization"],
+        "Bearer sk-from-vault"
+    );
+
+    // The key was read as service:ai, and that read is in the system tenant's audit log.
+    let audit = credentials
+        .list_audit_events(with_token(
+            cred::ListAuditEventsRequest {
+                action: "AccessCredential".into(),
+                ..Default::default()
+            },
+            &operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].principal.as_str(), audit[0].result_code.as_str()),
+        ("service:ai", "OK")
+    );
+    server.stop().await;
+}

@@ -1,3 +1,5 @@
 //! Test support for Switchyard.
 
+pub mod fake_openai;
 pub mod fake_vault;
+pub mod openai_contract;

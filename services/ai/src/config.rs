@@ -7,7 +7,7 @@ use switchyard_kit::config::ConfigError;
 use crate::domain::catalogue::ModelEntry;
 
 /// `[ai]`: deployments, aliases, catalogue overrides and usage recording.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AiConfig {
     /// Where requests go, by name. A built-in `echo` deployment always exists.
@@ -22,6 +22,16 @@ pub struct AiConfig {
     pub usage_flush_interval: Duration,
     /// Records waiting to be written at most; beyond it records are dropped and counted.
     pub usage_buffer: usize,
+    /// The credentials service holding the providers' keys; unset: this process.
+    pub credentials_url: Option<String>,
+    /// The tenant whose credentials hold the providers' keys.
+    pub credentials_tenant: String,
+    /// The token the AI service presents to the credentials service; unset: one minted with
+    /// `auth.hs256_secret` for `service:ai` with the `credentials.access` scope.
+    pub credentials_token: Option<secrecy::SecretString>,
+    /// How long a fetched key is used before it is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
 }
 
 /// One deployment.
@@ -41,6 +51,12 @@ pub struct DeploymentConfig {
     /// The credential holding the API key, `credentials/{id}` in the credentials service.
     #[serde(default)]
     pub credential: Option<String>,
+    /// OpenAI: the `OpenAI-Organization` header.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// OpenAI: the `OpenAI-Project` header.
+    #[serde(default)]
+    pub project: Option<String>,
     /// How long one call may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -58,12 +74,16 @@ impl Default for AiConfig {
             models: BTreeMap::new(),
             usage_flush_interval: Duration::from_secs(1),
             usage_buffer: 10_000,
+            credentials_url: None,
+            credentials_tenant: "system".to_owned(),
+            credentials_token: None,
+            key_cache_ttl: Duration::from_secs(60),
         }
     }
 }
 
 /// Providers this build has an adapter for.
-pub const PROVIDERS: &[&str] = &["echo"];
+pub const PROVIDERS: &[&str] = &["echo", "openai"];
 
 impl AiConfig {
     /// Checks the values; the error names the key.
@@ -73,6 +93,12 @@ impl AiConfig {
                 return Err(ConfigError::invalid(
                     &format!("ai.deployments.{name}.provider"),
                     format!("must be one of {}", PROVIDERS.join(", ")),
+                ));
+            }
+            if deployment.provider != "echo" && deployment.credential.is_none() {
+                return Err(ConfigError::invalid(
+                    &format!("ai.deployments.{name}.credential"),
+                    "required: the credential holding the provider's API key, e.g. \"credentials/openai-prod\"",
                 ));
             }
             if deployment.timeout.is_zero() {

@@ -44,10 +44,13 @@ pub enum OpenError {
     Store(#[from] switchyard_store::StoreError),
 }
 
-/// Migrates `db`, loads the catalogue, starts the usage writer, and returns the domain.
+/// Migrates `db`, loads the catalogue, starts the usage writer, and returns the domain. Adapters
+/// send with `http` and take their providers' keys from `keys`, cached for `ai.key_cache_ttl`.
 pub async fn open(
     db: Db,
     config: &AiConfig,
+    keys: Arc<dyn providers::keys::KeySource>,
+    http: reqwest::Client,
     shutdown: CancellationToken,
 ) -> Result<Opened, OpenError> {
     db.migrate(COMPONENT, usage::MIGRATIONS).await?;
@@ -58,7 +61,12 @@ pub async fn open(
         config.usage_buffer,
         shutdown,
     );
-    let providers: Vec<Arc<dyn providers::ChatProvider>> = vec![Arc::new(providers::echo::Echo)];
+    let keys: Arc<dyn providers::keys::KeySource> =
+        Arc::new(providers::keys::CachedKeys::new(keys, config.key_cache_ttl));
+    let providers: Vec<Arc<dyn providers::ChatProvider>> = vec![
+        Arc::new(providers::echo::Echo),
+        Arc::new(providers::openai::OpenAi::new(http, keys)),
+    ];
     let ai = Ai::new(catalogue, config, providers, recorder, db);
     Ok(Opened { ai, usage_writer })
 }

@@ -102,6 +102,8 @@ async fn fixture(failures: Vec<ProviderError>) -> Fixture {
             provider_model: Some("pricey-v1".into()),
             base_url: None,
             credential: None,
+            organization: None,
+            project: None,
             timeout: Duration::from_millis(500),
         },
     );

@@ -293,6 +293,60 @@ impl ReadinessCheck for SecretsReady {
     }
 }
 
+/// Where the AI service gets its providers' keys: the credentials service (this process unless
+/// `ai.credentials_url` says otherwise), as `service:ai` of `ai.credentials_tenant`.
+fn ai_keys(
+    config: &Config,
+    own_grpc: SocketAddr,
+) -> anyhow::Result<Arc<dyn switchyard_ai::providers::keys::KeySource>> {
+    use switchyard_ai::providers::keys::{CredentialServiceKeys, ServiceToken};
+    let url = match &config.ai.credentials_url {
+        Some(url) => url.clone(),
+        None => {
+            let host = if own_grpc.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                own_grpc.ip()
+            };
+            format!("http://{}", SocketAddr::new(host, own_grpc.port()))
+        }
+    };
+    let token = match (&config.ai.credentials_token, &config.auth.hs256_secret) {
+        (Some(token), _) => ServiceToken::Static(token.clone()),
+        (None, Some(secret)) => ServiceToken::Minted {
+            secret: secret.clone(),
+            request: switchyard_auth::TokenRequest {
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+                subject: "service:ai".to_owned(),
+                tenant: config.ai.credentials_tenant.clone(),
+                tenant_claim: config.auth.tenant_claim.clone(),
+                scopes: vec![switchyard_credentials::scopes::ACCESS.to_owned()],
+                ttl: std::time::Duration::from_secs(3600),
+            },
+        },
+        (None, None) => {
+            if config
+                .ai
+                .deployments
+                .values()
+                .any(|d| d.credential.is_some())
+            {
+                bail!(
+                    "ai: set ai.credentials_token: there is no auth.hs256_secret to mint one with"
+                );
+            }
+            return Ok(Arc::new(
+                switchyard_ai::providers::keys::StaticKeys::default(),
+            ));
+        }
+    };
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .with_context(|| format!("ai.credentials_url {url:?} is not a URL"))?
+        .connect_lazy();
+    Ok(Arc::new(CredentialServiceKeys::new(channel, token)))
+}
+
 /// Serves `services` on the given listeners until `shutdown` is cancelled, then drains.
 pub async fn run(
     config: Config,
@@ -342,9 +396,16 @@ pub async fn run(
             }
             ServiceName::Ai => {
                 let db = open_db(&config, service.as_str()).await?;
-                let opened = switchyard_ai::open(db.clone(), &config.ai, background.clone())
-                    .await
-                    .context("starting the ai service")?;
+                let keys = ai_keys(&config, grpc.local_addr()?)?;
+                switchyard_kit::tls::install_crypto_provider();
+                let http = reqwest::Client::builder()
+                    .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .context("building the providers' HTTP client")?;
+                let opened =
+                    switchyard_ai::open(db.clone(), &config.ai, keys, http, background.clone())
+                        .await
+                        .context("starting the ai service")?;
                 host.add_service(
                     AiApi::new(opened.ai.clone()).into_server(config.server.max_message_bytes),
                 );

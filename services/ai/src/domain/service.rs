@@ -116,6 +116,9 @@ impl Ai {
                     model: d.model.clone(),
                     provider_model: d.provider_model.clone().unwrap_or_else(|| d.model.clone()),
                     base_url: d.base_url.clone().unwrap_or_default(),
+                    credential: d.credential.clone(),
+                    organization: d.organization.clone(),
+                    project: d.project.clone(),
                     timeout: d.timeout,
                 };
                 (name.clone(), deployment)
@@ -129,6 +132,9 @@ impl Ai {
                 model: "echo".into(),
                 provider_model: "echo".into(),
                 base_url: String::new(),
+                credential: None,
+                organization: None,
+                project: None,
                 timeout: Duration::from_secs(10),
             });
         Ai {

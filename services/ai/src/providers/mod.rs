@@ -2,6 +2,9 @@
 //! and the answer back. The service picks the adapter by the deployment's provider.
 
 pub mod echo;
+pub mod keys;
+pub mod openai;
+mod sse;
 
 use std::time::Duration;
 
@@ -23,6 +26,12 @@ pub struct Deployment {
     pub provider_model: String,
     /// Base URL of the provider's API; empty for the provider's public endpoint.
     pub base_url: String,
+    /// The credential holding its API key (`credentials/{id}`), if it needs one.
+    pub credential: Option<String>,
+    /// OpenAI's `OpenAI-Organization` header.
+    pub organization: Option<String>,
+    /// OpenAI's `OpenAI-Project` header.
+    pub project: Option<String>,
     /// How long one call may take.
     pub timeout: Duration,
 }

@@ -1,0 +1,405 @@
+//! The OpenAI adapter against the fake OpenAI upstream: requests as OpenAI documents them
+//! (checked against the published contract), answers, streams with tool-call deltas and usage,
+//! every error type with its mapping, and fallback on retryable failures.
+
+// Shared test helpers unwrap too: a failure should stop the test where it happens.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use switchyard_ai::config::{AiConfig, DeploymentConfig};
+use switchyard_ai::domain::catalogue::Catalogue;
+use switchyard_ai::domain::error::AiError;
+use switchyard_ai::domain::model::*;
+use switchyard_ai::providers::echo::Echo;
+use switchyard_ai::providers::keys::StaticKeys;
+use switchyard_ai::providers::openai::OpenAi;
+use switchyard_ai::providers::{ChatProvider, ProviderError};
+use switchyard_ai::usage::{self, UsageFilter};
+use switchyard_ai::{Ai, COMPONENT};
+use switchyard_store::testing;
+use switchyard_testkit::fake_openai::{FakeOpenAi, Reply};
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    ai: Ai,
+    fake: FakeOpenAi,
+    shutdown: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    switchyard_kit::tls::install_crypto_provider();
+    let fake = FakeOpenAi::start()
+        .await
+        .with_organization("org-switchyard");
+    let (db, dir) = testing::sqlite_db().await.unwrap();
+    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
+    let mut config = AiConfig::default();
+    config.deployments.insert(
+        "openai-main".into(),
+        DeploymentConfig {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            provider_model: None,
+            base_url: Some(fake.base_url()),
+            credential: Some("credentials/openai".into()),
+            organization: Some("org-switchyard".into()),
+            project: Some("proj-1".into()),
+            timeout: Duration::from_millis(700),
+        },
+    );
+    config
+        .aliases
+        .insert("fast".into(), vec!["openai-main".into(), "echo".into()]);
+    config.usage_flush_interval = Duration::from_millis(20);
+    let shutdown = CancellationToken::new();
+    let (recorder, writer) = usage::start(
+        db.clone(),
+        config.usage_flush_interval,
+        100,
+        shutdown.clone(),
+    );
+    let keys = Arc::new(StaticKeys::new([(
+        "credentials/openai".to_owned(),
+        SecretString::from("sk-test"),
+    )]));
+    let providers: Vec<Arc<dyn ChatProvider>> = vec![
+        Arc::new(Echo),
+        Arc::new(OpenAi::new(reqwest::Client::new(), keys)),
+    ];
+    let ai = Ai::new(
+        Catalogue::load(&config.models).unwrap(),
+        &config,
+        providers,
+        recorder,
+        db,
+    );
+    Fixture {
+        ai,
+        fake,
+        shutdown,
+        writer,
+        _dir: dir,
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        tenant: "acme".into(),
+        subject: "alice".into(),
+    }
+}
+
+fn ask(model: &str, text: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![
+            Message {
+                role: Role::System,
+                parts: vec![Part::text("be brief")],
+                name: None,
+            },
+            Message {
+                role: Role::User,
+                parts: vec![Part::text(text)],
+                name: None,
+            },
+        ],
+        temperature: Some(0.2),
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn completions_reach_openai_as_documented_and_come_back_priced() {
+    let f = fixture().await;
+    let response =
+        f.ai.complete(&caller(), &ask("gpt-4o-mini", "hello openai"))
+            .await
+            .unwrap();
+    assert_eq!(response.message.text(), "hello openai");
+    assert_eq!(
+        (response.provider.as_str(), response.model.as_str()),
+        ("openai", "gpt-4o-mini")
+    );
+    assert!(response.usage.input_tokens > 0);
+    assert!(response.cost_micros > 0, "gpt-4o-mini is priced");
+
+    let requests = f.fake.requests();
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.headers["authorization"], "Bearer sk-test");
+    assert_eq!(sent.headers["openai-organization"], "org-switchyard");
+    assert_eq!(sent.headers["openai-project"], "proj-1");
+    assert_eq!(sent.body["model"], "gpt-4o-mini");
+    assert_eq!(sent.body["temperature"], 0.2);
+    assert!(
+        f.fake.contract_violations().is_empty(),
+        "{:?}",
+        f.fake.contract_violations()
+    );
+}
+
+#[tokio::test]
+async fn tools_and_structured_output_round_trip() {
+    let f = fixture().await;
+    f.fake
+        .push(Reply::Completion(FakeOpenAi::completion_with_tool_calls(
+            &[("lookup", "call_1", "{\"q\":\"rust\"}")],
+        )));
+    let mut request = ask("gpt-4o-mini", "look it up");
+    request.tools = vec![Tool {
+        name: "lookup".into(),
+        description: "search".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}),
+        strict: false,
+    }];
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+    let call = response.message.tool_calls().next().unwrap().clone();
+    assert_eq!(
+        (call.name.as_str(), call.arguments_json.as_str()),
+        ("lookup", "{\"q\":\"rust\"}")
+    );
+
+    // The result goes back; the final answer comes.
+    request.messages.push(response.message.clone());
+    request.messages.push(Message {
+        role: Role::Tool,
+        parts: vec![Part {
+            kind: PartKind::ToolResult {
+                tool_call_id: call.id.clone(),
+                name: call.name.clone(),
+                content: "found it".into(),
+                is_error: false,
+            },
+            cache_breakpoint: false,
+        }],
+        name: None,
+    });
+    request.response_format = ResponseFormat::JsonSchema {
+        name: "answer".into(),
+        schema: serde_json::json!({"type": "object", "properties": {"a": {"type": "string"}}}),
+        strict: true,
+    };
+    f.ai.complete(&caller(), &request).await.unwrap();
+    let sent = &f.fake.requests()[1].body;
+    assert_eq!(sent["messages"][3]["role"], "tool");
+    assert_eq!(sent["messages"][3]["tool_call_id"], call.id.as_str());
+    assert_eq!(
+        sent["messages"][2]["tool_calls"][0]["function"]["name"],
+        "lookup"
+    );
+    assert_eq!(sent["response_format"]["type"], "json_schema");
+    assert!(
+        f.fake.contract_violations().is_empty(),
+        "{:?}",
+        f.fake.contract_violations()
+    );
+}
+
+#[tokio::test]
+async fn streams_forward_text_and_tool_call_deltas_with_usage_last() {
+    let f = fixture().await;
+    let streaming =
+        f.ai.stream(&caller(), &ask("gpt-4o-mini", "stream this please"))
+            .await
+            .unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Delta(Delta::Text(t)) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["stream", "this", "please"]
+    );
+    let StreamEvent::Done(done) = events.last().unwrap() else {
+        panic!("no final event")
+    };
+    assert!(
+        done.usage.output_tokens > 0,
+        "usage from the include_usage chunk"
+    );
+    assert_eq!(
+        f.fake.requests()[0].body["stream_options"]["include_usage"],
+        true
+    );
+
+    f.fake.push(Reply::Chunks(FakeOpenAi::tool_call_chunks(
+        "lookup",
+        "call_7",
+        &["{\"q\":", "\"split\"", "}"],
+    )));
+    let mut request = ask("gpt-4o-mini", "call");
+    request.tools = vec![Tool {
+        name: "lookup".into(),
+        description: String::new(),
+        parameters: serde_json::json!({"type": "object"}),
+        strict: false,
+    }];
+    let streaming = f.ai.stream(&caller(), &request).await.unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let StreamEvent::Done(done) = events.last().unwrap() else {
+        panic!("no final event")
+    };
+    let call = done.message.tool_calls().next().unwrap();
+    assert_eq!(
+        (call.id.as_str(), call.arguments_json.as_str()),
+        ("call_7", "{\"q\":\"split\"}")
+    );
+    assert_eq!(done.finish_reason, FinishReason::ToolCalls);
+    assert!(f.fake.contract_violations().is_empty());
+}
+
+#[tokio::test]
+async fn errors_map_to_their_kinds() {
+    let f = fixture().await;
+    let complete = |model: &'static str| {
+        let ai = f.ai.clone();
+        async move { ai.complete(&caller(), &ask(model, "x")).await }
+    };
+
+    f.fake.push(FakeOpenAi::rate_limited(7));
+    let err = complete("gpt-4o-mini").await.unwrap_err();
+    assert!(
+        matches!(err, AiError::Provider(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(7)),
+        "{err:?}"
+    );
+
+    f.fake.push(FakeOpenAi::server_error());
+    assert!(matches!(
+        complete("gpt-4o-mini").await.unwrap_err(),
+        AiError::Provider(ProviderError::Unavailable(_))
+    ));
+
+    f.fake.push(Reply::Error {
+        status: 401,
+        body: FakeOpenAi::error_body(
+            "Incorrect API key provided",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        ),
+        headers: vec![],
+    });
+    assert!(matches!(
+        complete("gpt-4o-mini").await.unwrap_err(),
+        AiError::Provider(ProviderError::CredentialRejected)
+    ));
+
+    f.fake.push(Reply::Error {
+        status: 400,
+        body: FakeOpenAi::error_body(
+            "This model's maximum context length is 128000 tokens",
+            "invalid_request_error",
+            Some("messages"),
+            Some("context_length_exceeded"),
+        ),
+        headers: vec![],
+    });
+    assert!(matches!(
+        complete("gpt-4o-mini").await.unwrap_err(),
+        AiError::Provider(ProviderError::ContextLength)
+    ));
+
+    f.fake.push(Reply::Error {
+        status: 429,
+        body: FakeOpenAi::error_body(
+            "You exceeded your current quota",
+            "insufficient_quota",
+            None,
+            Some("insufficient_quota"),
+        ),
+        headers: vec![],
+    });
+    assert!(matches!(
+        complete("gpt-4o-mini").await.unwrap_err(),
+        AiError::Provider(ProviderError::CredentialRejected)
+    ));
+
+    f.fake.push(Reply::Hang(Duration::from_secs(5)));
+    assert!(matches!(
+        complete("gpt-4o-mini").await.unwrap_err(),
+        AiError::Provider(ProviderError::Timeout)
+    ));
+
+    f.fake.push(Reply::StreamThenError {
+        chunks: vec![serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": null}]})],
+        error: serde_json::json!({"message": "The server had an error while processing your request.", "type": "server_error"}),
+    });
+    let streaming =
+        f.ai.stream(&caller(), &ask("gpt-4o-mini", "x"))
+            .await
+            .unwrap();
+    let events: Vec<_> = streaming.events.collect().await;
+    assert!(matches!(events[0], Ok(StreamEvent::Delta(Delta::Text(_)))));
+    assert!(matches!(
+        events.last().unwrap(),
+        Err(AiError::Provider(ProviderError::Unavailable(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_rate_limited_or_hanging_primary_is_replaced_by_the_fallback() {
+    let f = fixture().await;
+    f.fake.push(FakeOpenAi::rate_limited(1));
+    let response =
+        f.ai.complete(&caller(), &ask("fast", "hello"))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "echo");
+    let codes: Vec<&str> = response
+        .attempts
+        .iter()
+        .map(|a| a.result_code.as_str())
+        .collect();
+    assert_eq!(codes, ["RESOURCE_EXHAUSTED", "OK"]);
+
+    f.fake.push(Reply::Hang(Duration::from_secs(5)));
+    let response =
+        f.ai.complete(&caller(), &ask("fast", "hello"))
+            .await
+            .unwrap();
+    let codes: Vec<&str> = response
+        .attempts
+        .iter()
+        .map(|a| a.result_code.as_str())
+        .collect();
+    assert_eq!(codes, ["DEADLINE_EXCEEDED", "OK"]);
+
+    // Streams fall back too, before any output has been sent.
+    f.fake.push(FakeOpenAi::server_error());
+    let streaming = f.ai.stream(&caller(), &ask("fast", "hello")).await.unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let StreamEvent::Done(done) = events.last().unwrap() else {
+        panic!("no final event")
+    };
+    assert_eq!(done.deployment, "echo");
+    assert_eq!(done.attempts.len(), 2);
+
+    f.shutdown.cancel();
+    f.writer.await.unwrap();
+    let records =
+        f.ai.list_usage(&caller(), &UsageFilter::default(), 0, "")
+            .await
+            .unwrap()
+            .items;
+    assert_eq!(records.len(), 6, "one record per attempt");
+    let failed: Vec<&str> = records
+        .iter()
+        .filter(|r| r.result_code != "OK")
+        .map(|r| r.error_reason.as_str())
+        .collect();
+    assert_eq!(failed.len(), 3);
+    assert!(failed.contains(&"UPSTREAM_RATE_LIMITED") && failed.contains(&"UPSTREAM_UNAVAILABLE"));
+}
