@@ -52,6 +52,8 @@ call() {
   [ -n "$token" ] && auth=(-H "authorization: Bearer $token")
   "$BUF" curl --protocol grpc --http2-prior-knowledge "${auth[@]}" -d "$body" "$SVC/$method" 2>&1 || true
 }
+# has_code METHOD TOKEN JSON CODE: whether the call fails with that gRPC code.
+has_code() { local out; out=$(call "$1" "$2" "$3"); grep -q "\"code\": \"$4\"" <<<"$out"; }
 field() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(eval("d"+sys.argv[1]))' "$1"; }
 
 echo "    starting switchyard up on $URL"
@@ -59,11 +61,15 @@ start
 grep -q "development token" "$WORK/stdout" || die "the first run printed no development token"
 
 # Health and reflection need no token.
-"$BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' "$URL/grpc.health.v1.Health/Check" | grep -q SERVING || die "health is not SERVING"
-"$BUF" curl --protocol grpc --http2-prior-knowledge --list-methods "$URL" | grep -q "switchyard.credentials.v1.CredentialService/AccessCredential" || die "reflection does not list CredentialService"
-ok "health SERVING and reflection lists CredentialService, without a token"
+# Captured before matching: `grep -q` stopping early would break the pipe under pipefail.
+health=$("$BUF" curl --protocol grpc --http2-prior-knowledge -d '{}' "$URL/grpc.health.v1.Health/Check")
+grep -q SERVING <<<"$health" || die "health is not SERVING"
+methods=$("$BUF" curl --protocol grpc --http2-prior-knowledge --list-methods "$URL")
+grep -q "switchyard.credentials.v1.CredentialService/AccessCredential" <<<"$methods" || die "reflection does not list CredentialService"
+grep -q "switchyard.ai.v1.AiService/StreamComplete" <<<"$methods" || die "reflection does not list AiService"
+ok "health SERVING and reflection lists CredentialService and AiService, without a token"
 
-call GetCredential "" '{"name":"credentials/x"}' | grep -q '"code": "unauthenticated"' || die "no token did not give UNAUTHENTICATED"
+has_code GetCredential "" '{"name":"credentials/x"}' unauthenticated || die "no token did not give UNAUTHENTICATED"
 ok "no token: UNAUTHENTICATED"
 
 ACME=$("$BIN" token --tenant acme --subject alice)
@@ -78,17 +84,17 @@ out=$(call AccessCredential "$ACME" '{"name":"credentials/openai-prod"}')
 [ "$(echo "$out" | field '["payload"]["data"]')" = "$SECRET_B64" ] || die "access returned the wrong material: $out"
 ok "tenant acme creates, rotates and accesses a credential"
 
-call GetCredential "$GLOBEX" '{"name":"credentials/openai-prod"}' | grep -q '"code": "not_found"' || die "tenant globex could see acme's credential"
-call AccessCredential "$GLOBEX" '{"name":"credentials/openai-prod"}' | grep -q '"code": "not_found"' || die "tenant globex could access acme's credential"
+has_code GetCredential "$GLOBEX" '{"name":"credentials/openai-prod"}' not_found || die "tenant globex could see acme's credential"
+has_code AccessCredential "$GLOBEX" '{"name":"credentials/openai-prod"}' not_found || die "tenant globex could access acme's credential"
 ok "tenant globex gets NOT_FOUND"
 
-call AccessCredential "$READER" '{"name":"credentials/openai-prod"}' | grep -q '"code": "permission_denied"' || die "a token without credentials.access was not refused"
+has_code AccessCredential "$READER" '{"name":"credentials/openai-prod"}' permission_denied || die "a token without credentials.access was not refused"
 ok "a token without the access scope: PERMISSION_DENIED"
 
 out=$(call CreateCredential "$ACME" '{"credential_id":"Bad Name","credential":{"kind":"CREDENTIAL_KIND_API_KEY"},"payload":{"data":"eA=="}}')
-echo "$out" | grep -q '"code": "invalid_argument"' && echo "$out" | grep -q 'google.rpc.BadRequest' || die "a malformed name was not INVALID_ARGUMENT with field violations: $out"
-call ListCredentials "$ACME" '{"page_token":"not-a-token"}' | grep -q '"code": "invalid_argument"' || die "a bad page token was accepted"
-call UpdateCredential "$ACME" '{"credential":{"name":"credentials/openai-prod"},"update_mask":"kind"}' | grep -q '"code": "invalid_argument"' || die "a bad field mask was accepted"
+grep -q '"code": "invalid_argument"' <<<"$out" && grep -q 'google.rpc.BadRequest' <<<"$out" || die "a malformed name was not INVALID_ARGUMENT with field violations: $out"
+has_code ListCredentials "$ACME" '{"page_token":"not-a-token"}' invalid_argument || die "a bad page token was accepted"
+has_code UpdateCredential "$ACME" '{"credential":{"name":"credentials/openai-prod"},"update_mask":"kind"}' invalid_argument || die "a bad field mask was accepted"
 ok "malformed name, page token and field mask: INVALID_ARGUMENT"
 
 out=$(call ListAuditEvents "$ACME" '{"action":"AccessCredential"}')
