@@ -83,7 +83,7 @@ impl Default for AiConfig {
 }
 
 /// Providers this build has an adapter for.
-pub const PROVIDERS: &[&str] = &["echo", "openai"];
+pub const PROVIDERS: &[&str] = &["echo", "openai", "anthropic", "gemini"];
 
 impl AiConfig {
     /// Checks the values; the error names the key.

@@ -65,7 +65,12 @@ pub async fn open(
         Arc::new(providers::keys::CachedKeys::new(keys, config.key_cache_ttl));
     let providers: Vec<Arc<dyn providers::ChatProvider>> = vec![
         Arc::new(providers::echo::Echo),
-        Arc::new(providers::openai::OpenAi::new(http, keys)),
+        Arc::new(providers::openai::OpenAi::new(http.clone(), keys.clone())),
+        Arc::new(providers::anthropic::Anthropic::new(
+            http.clone(),
+            keys.clone(),
+        )),
+        Arc::new(providers::gemini::Gemini::new(http, keys)),
     ];
     let ai = Ai::new(catalogue, config, providers, recorder, db);
     Ok(Opened { ai, usage_writer })

@@ -378,6 +378,7 @@ impl Ai {
                     message,
                     finish_reason,
                     usage,
+                    notices: provider_notices,
                 }) => {
                     let call_cost = cost_micros(&usage, &step.entry.prices());
                     cost += call_cost;
@@ -410,7 +411,7 @@ impl Ai {
                         usage,
                         cost_micros: cost,
                         attempts,
-                        notices,
+                        notices: notices.into_iter().chain(provider_notices).collect(),
                         created: time / 1_000_000,
                     });
                 }

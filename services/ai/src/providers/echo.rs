@@ -58,6 +58,7 @@ fn answer(request: &ChatRequest) -> ProviderResponse {
             },
             finish_reason: FinishReason::ToolCalls,
             usage,
+            notices: Vec::new(),
         };
     }
     let mut text = match request.response_format {
@@ -88,6 +89,7 @@ fn answer(request: &ChatRequest) -> ProviderResponse {
         },
         finish_reason,
         usage,
+        notices: Vec::new(),
     }
 }
 

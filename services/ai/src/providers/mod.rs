@@ -1,7 +1,9 @@
 //! Provider adapters: each translates the neutral [`ChatRequest`] into its provider's wire format
 //! and the answer back. The service picks the adapter by the deployment's provider.
 
+pub mod anthropic;
 pub mod echo;
+pub mod gemini;
 pub mod keys;
 pub mod openai;
 mod sse;
@@ -45,6 +47,8 @@ pub struct ProviderResponse {
     pub finish_reason: FinishReason,
     /// Normalized usage.
     pub usage: Usage,
+    /// What the caller should know about the answer (safety filters, blocked prompts).
+    pub notices: Vec<String>,
 }
 
 /// An event of a provider's stream.

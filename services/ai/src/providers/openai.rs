@@ -367,6 +367,7 @@ pub fn response_of(body: &Value) -> Result<ProviderResponse, ProviderError> {
         },
         finish_reason: finish_reason(&choice["finish_reason"]),
         usage: usage(&body["usage"]),
+        notices: Vec::new(),
     })
 }
 

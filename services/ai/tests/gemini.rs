@@ -1,0 +1,323 @@
+//! The Gemini adapter against the fake Generative Language API: contents and system
+//! instruction, function calling, safety settings, blocked prompts and safety ratings surfaced,
+//! streaming, usage with thoughts, and Google's quota errors honoured with their RetryInfo.
+
+// Shared test helpers unwrap too: a failure should stop the test where it happens.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::SecretString;
+use switchyard_ai::config::{AiConfig, DeploymentConfig};
+use switchyard_ai::domain::catalogue::Catalogue;
+use switchyard_ai::domain::error::AiError;
+use switchyard_ai::domain::model::*;
+use switchyard_ai::providers::echo::Echo;
+use switchyard_ai::providers::gemini::Gemini;
+use switchyard_ai::providers::keys::StaticKeys;
+use switchyard_ai::providers::{ChatProvider, ProviderError};
+use switchyard_ai::{Ai, COMPONENT, usage};
+use switchyard_store::testing;
+use switchyard_testkit::fake_gemini::{FakeGemini, Reply};
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    ai: Ai,
+    fake: FakeGemini,
+    _shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    switchyard_kit::tls::install_crypto_provider();
+    let fake = FakeGemini::start().await;
+    let (db, dir) = testing::sqlite_db().await.unwrap();
+    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
+    let mut config = AiConfig::default();
+    config.deployments.insert(
+        "flash".into(),
+        DeploymentConfig {
+            provider: "gemini".into(),
+            model: "gemini-2.5-flash-lite".into(),
+            provider_model: None,
+            base_url: Some(fake.base_url()),
+            credential: Some("credentials/gemini".into()),
+            organization: None,
+            project: None,
+            timeout: Duration::from_millis(700),
+        },
+    );
+    config
+        .aliases
+        .insert("cheap".into(), vec!["flash".into(), "echo".into()]);
+    let shutdown = CancellationToken::new();
+    let (recorder, _writer) =
+        usage::start(db.clone(), Duration::from_millis(20), 100, shutdown.clone());
+    let keys = Arc::new(StaticKeys::new([(
+        "credentials/gemini".to_owned(),
+        SecretString::from("gemini-test"),
+    )]));
+    let providers: Vec<Arc<dyn ChatProvider>> = vec![
+        Arc::new(Echo),
+        Arc::new(Gemini::new(reqwest::Client::new(), keys)),
+    ];
+    let ai = Ai::new(
+        Catalogue::load(&config.models).unwrap(),
+        &config,
+        providers,
+        recorder,
+        db,
+    );
+    Fixture {
+        ai,
+        fake,
+        _shutdown: shutdown,
+        _dir: dir,
+    }
+}
+
+fn caller() -> Caller {
+    Caller {
+        tenant: "acme".into(),
+        subject: "alice".into(),
+    }
+}
+
+fn ask(model: &str, text: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![
+            Message {
+                role: Role::System,
+                parts: vec![Part::text("Be brief.")],
+                name: None,
+            },
+            Message {
+                role: Role::User,
+                parts: vec![Part::text(text)],
+                name: None,
+            },
+        ],
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn content_reaches_gemini_as_documented() {
+    let f = fixture().await;
+    let mut request = ask("gemini-2.5-flash-lite", "hello gemini");
+    request.temperature = Some(0.5);
+    request.max_output_tokens = Some(100);
+    request.provider_options.gemini = Some(serde_json::Map::from_iter([(
+        "safety_settings".to_owned(),
+        serde_json::json!([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]),
+    )]));
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.message.text(), "hello gemini");
+    assert_eq!(
+        (response.provider.as_str(), response.finish_reason),
+        ("gemini", FinishReason::Stop)
+    );
+    assert!(response.usage.input_tokens > 0 && response.usage.output_tokens > 0);
+
+    let sent = &f.fake.requests()[0];
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-2.5-flash-lite:generateContent"
+    );
+    assert_eq!(sent.headers["x-goog-api-key"], "gemini-test");
+    assert!(
+        sent.query_param("key").is_none(),
+        "the key never goes in the URL"
+    );
+    assert_eq!(
+        sent.body["systemInstruction"]["parts"][0]["text"],
+        "Be brief."
+    );
+    assert_eq!(sent.body["contents"][0]["role"], "user");
+    assert_eq!(sent.body["generationConfig"]["maxOutputTokens"], 100);
+    assert_eq!(
+        sent.body["safetySettings"][0]["threshold"],
+        "BLOCK_ONLY_HIGH"
+    );
+}
+
+#[tokio::test]
+async fn function_calls_round_trip() {
+    let f = fixture().await;
+    f.fake
+        .push(Reply::Response(FakeGemini::function_call_response(
+            "lookup",
+            serde_json::json!({"q": "rust"}),
+        )));
+    let mut request = ask("gemini-2.5-flash-lite", "look it up");
+    request.tools = vec![Tool {
+        name: "lookup".into(),
+        description: "search".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+        strict: false,
+    }];
+    request.tool_choice = Some(ToolChoice::Tool("lookup".into()));
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+    let call = response.message.tool_calls().next().unwrap().clone();
+    assert_eq!(call.name, "lookup");
+
+    request.messages.push(response.message.clone());
+    request.messages.push(Message {
+        role: Role::Tool,
+        parts: vec![Part {
+            kind: PartKind::ToolResult {
+                tool_call_id: call.id.clone(),
+                name: "lookup".into(),
+                content: "{\"hits\": 3}".into(),
+                is_error: false,
+            },
+            cache_breakpoint: false,
+        }],
+        name: None,
+    });
+    request.tool_choice = None;
+    f.ai.complete(&caller(), &request).await.unwrap();
+    let sent = f.fake.requests();
+    assert_eq!(
+        sent[0].body["toolConfig"]["functionCallingConfig"],
+        serde_json::json!({"mode": "ANY", "allowedFunctionNames": ["lookup"]})
+    );
+    let turns = &sent[1].body["contents"];
+    assert_eq!(turns[1]["role"], "model");
+    assert_eq!(turns[1]["parts"][0]["functionCall"]["name"], "lookup");
+    assert_eq!(
+        turns[2]["parts"][0]["functionResponse"],
+        serde_json::json!({"name": "lookup", "response": {"hits": 3}})
+    );
+}
+
+#[tokio::test]
+async fn blocked_prompts_and_streams() {
+    let f = fixture().await;
+    f.fake.push(Reply::Response(FakeGemini::blocked_prompt()));
+    let response =
+        f.ai.complete(&caller(), &ask("gemini-2.5-flash-lite", "something bad"))
+            .await
+            .unwrap();
+    assert_eq!(response.finish_reason, FinishReason::ContentFilter);
+    assert!(
+        response
+            .notices
+            .iter()
+            .any(|n| n.contains("blocked the prompt")),
+        "{:?}",
+        response.notices
+    );
+
+    let streaming =
+        f.ai.stream(&caller(), &ask("gemini-2.5-flash-lite", "stream me please"))
+            .await
+            .unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let StreamEvent::Done(done) = events.last().unwrap() else {
+        panic!("no final event")
+    };
+    assert_eq!(
+        done.message.text().split_whitespace().collect::<Vec<_>>(),
+        ["stream", "me", "please"]
+    );
+    assert!(done.usage.output_tokens > 0);
+    let sent = f.fake.requests();
+    let streamed = sent.last().unwrap();
+    assert_eq!(
+        streamed.path,
+        "/v1beta/models/gemini-2.5-flash-lite:streamGenerateContent"
+    );
+    assert_eq!(streamed.query_param("alt").as_deref(), Some("sse"));
+}
+
+#[tokio::test]
+async fn quota_errors_honour_retry_info_and_fall_back() {
+    let f = fixture().await;
+    f.fake.push(FakeGemini::quota_exhausted(9));
+    let err =
+        f.ai.complete(&caller(), &ask("gemini-2.5-flash-lite", "x"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, AiError::Provider(ProviderError::RateLimited { retry_after: Some(d) }) if d == Duration::from_secs(9)),
+        "{err:?}"
+    );
+
+    f.fake.push(FakeGemini::overloaded());
+    let response =
+        f.ai.complete(&caller(), &ask("cheap", "hello"))
+            .await
+            .unwrap();
+    let codes: Vec<&str> = response
+        .attempts
+        .iter()
+        .map(|a| a.result_code.as_str())
+        .collect();
+    assert_eq!(codes, ["UNAVAILABLE", "OK"]);
+
+    let bad_key = FakeGemini::start().await.with_api_key("another-key");
+    let mut config = AiConfig::default();
+    config.deployments.insert(
+        "flash".into(),
+        DeploymentConfig {
+            provider: "gemini".into(),
+            model: "gemini-2.5-flash-lite".into(),
+            provider_model: None,
+            base_url: Some(bad_key.base_url()),
+            credential: Some("credentials/gemini".into()),
+            organization: None,
+            project: None,
+            timeout: Duration::from_secs(1),
+        },
+    );
+    let keys = Arc::new(StaticKeys::new([(
+        "credentials/gemini".to_owned(),
+        SecretString::from("gemini-test"),
+    )]));
+    let (db, _dir) = testing::sqlite_db().await.unwrap();
+    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
+    let (recorder, _writer) = usage::start(
+        db.clone(),
+        Duration::from_secs(1),
+        10,
+        CancellationToken::new(),
+    );
+    let ai = Ai::new(
+        Catalogue::load(&config.models).unwrap(),
+        &config,
+        vec![Arc::new(Gemini::new(reqwest::Client::new(), keys)) as Arc<dyn ChatProvider>],
+        recorder,
+        db,
+    );
+    let err = ai
+        .complete(&caller(), &ask("gemini-2.5-flash-lite", "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AiError::Provider(ProviderError::CredentialRejected)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn legacy_palm_names_resolve_to_gemini_with_a_deprecation_notice() {
+    let f = fixture().await;
+    let response =
+        f.ai.complete(&caller(), &ask("chat-bison-001", "hello from palm"))
+            .await
+            .unwrap();
+    assert_eq!(response.model, "gemini-2.5-flash-lite");
+    assert!(
+        response
+            .notices
+            .iter()
+            .any(|n| n.contains("chat-bison-001 is deprecated")),
+        "{:?}",
+        response.notices
+    );
+}
