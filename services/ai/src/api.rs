@@ -53,6 +53,11 @@ pub fn api_error(err: AiError) -> ApiError {
         AiError::Invalid(violations) => ApiError::invalid_argument(violations.clone()),
         AiError::NotFound(name) => ApiError::not_found(name),
         AiError::NoDeployment(_) => ApiError::new(code, "NO_DEPLOYMENT", err.to_string()),
+        AiError::QuotaExceeded { limit, retry_after } => {
+            ApiError::new(code, "QUOTA_EXCEEDED", err.to_string())
+                .with_metadata("limit", *limit)
+                .with_retry_after(*retry_after)
+        }
         AiError::Unsupported { feature, target } => {
             ApiError::new(code, "UNSUPPORTED_FEATURE", err.to_string())
                 .with_metadata("feature", feature.clone())

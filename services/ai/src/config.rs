@@ -5,6 +5,7 @@ use serde::Deserialize;
 use switchyard_kit::config::ConfigError;
 
 use crate::domain::catalogue::ModelEntry;
+use crate::domain::quota::QuotaConfig;
 
 /// `[ai]`: deployments, aliases, catalogue overrides and usage recording.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,30 @@ pub struct AiConfig {
     /// How long a fetched key is used before it is fetched again.
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
+    /// Per-tenant requests and tokens per minute.
+    pub quotas: QuotaConfig,
+    /// When a failing deployment is skipped.
+    pub circuit_breaker: BreakerConfig,
+}
+
+/// `[ai.circuit_breaker]`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Retryable failures in a row that open a deployment's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit skips its deployment before one request probes it.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One deployment.
@@ -78,6 +103,8 @@ impl Default for AiConfig {
             credentials_tenant: "system".to_owned(),
             credentials_token: None,
             key_cache_ttl: Duration::from_secs(60),
+            quotas: QuotaConfig::default(),
+            circuit_breaker: BreakerConfig::default(),
         }
     }
 }
@@ -128,6 +155,12 @@ impl AiConfig {
             return Err(ConfigError::invalid(
                 "ai.usage_flush_interval",
                 "must be a positive duration such as \"1s\"",
+            ));
+        }
+        if self.circuit_breaker.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "ai.circuit_breaker.failure_threshold",
+                "must be at least 1",
             ));
         }
         if self.usage_buffer == 0 {

@@ -83,6 +83,10 @@ struct Fixture {
 }
 
 async fn fixture(failures: Vec<ProviderError>) -> Fixture {
+    fixture_with(failures, |_| {}).await
+}
+
+async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiConfig)) -> Fixture {
     let (db, dir) = testing::sqlite_db().await.unwrap();
     db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
     let mut config = AiConfig::default();
@@ -111,6 +115,7 @@ async fn fixture(failures: Vec<ProviderError>) -> Fixture {
         .aliases
         .insert("chain".into(), vec!["primary".into(), "echo".into()]);
     config.usage_flush_interval = Duration::from_millis(20);
+    tweak(&mut config);
     let catalogue = Catalogue::load(&config.models).unwrap();
     let shutdown = CancellationToken::new();
     let (recorder, writer) = usage::start(
@@ -431,4 +436,91 @@ async fn estimates_price_input_and_the_most_output() {
         estimate.input_cost_micros,
         (estimate.input_tokens * 2) as i64
     );
+}
+
+#[tokio::test]
+async fn a_failing_deployment_is_skipped_until_a_probe_finds_it_recovered() {
+    let failures = vec![ProviderError::Overloaded; 3];
+    let f = fixture_with(failures, |config| {
+        config.circuit_breaker.failure_threshold = 2;
+        config.circuit_breaker.open_for = Duration::from_millis(300);
+    })
+    .await;
+    for _ in 0..2 {
+        let response = f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+        assert_eq!(response.deployment, "echo");
+    }
+    assert_eq!(f.scripted.calls.load(Ordering::SeqCst), 2);
+    // Open: the primary is not called at all, and the trace says why.
+    let response = f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+    assert_eq!(f.scripted.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(response.attempts[0].error, "circuit open: skipped");
+    assert_eq!(response.attempts[0].latency, Duration::ZERO);
+
+    // After the open period one probe goes through; it fails (the third scripted failure) and
+    // the circuit opens again; the next probe succeeds and closes it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+    assert_eq!(f.scripted.calls.load(Ordering::SeqCst), 3);
+    f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+    assert_eq!(
+        f.scripted.calls.load(Ordering::SeqCst),
+        3,
+        "open again after the failed probe"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let response = f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+    assert_eq!(response.deployment, "primary", "recovered");
+    let response = f.ai.complete(&caller(), &ask("chain", "x")).await.unwrap();
+    assert_eq!(response.deployment, "primary");
+
+    // With every circuit open there is nothing to try.
+    let f = fixture_with(vec![ProviderError::Overloaded; 2], |config| {
+        config.circuit_breaker.failure_threshold = 1;
+    })
+    .await;
+    assert!(f.ai.complete(&caller(), &ask("pricey", "x")).await.is_err());
+    let err =
+        f.ai.complete(&caller(), &ask("pricey", "x"))
+            .await
+            .unwrap_err();
+    assert_eq!(err.result_code(), "UNAVAILABLE");
+    assert_eq!(f.scripted.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn tenants_over_their_quota_are_told_when_to_retry() {
+    let f = fixture_with(vec![], |config| {
+        config.quotas.tenants.insert(
+            "acme".into(),
+            switchyard_ai::domain::quota::Limits { rpm: 2, tpm: 0 },
+        );
+    })
+    .await;
+    f.ai.complete(&caller(), &ask("echo", "1")).await.unwrap();
+    f.ai.complete(&caller(), &ask("echo", "2")).await.unwrap();
+    let err =
+        f.ai.complete(&caller(), &ask("echo", "3"))
+            .await
+            .unwrap_err();
+    match err {
+        AiError::QuotaExceeded { limit, retry_after } => {
+            assert_eq!(limit, "requests_per_minute");
+            assert!(retry_after <= Duration::from_secs(60));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        AiError::QuotaExceeded {
+            limit: "x",
+            retry_after: Duration::ZERO
+        }
+        .result_code(),
+        "RESOURCE_EXHAUSTED"
+    );
+    let other = Caller {
+        tenant: "globex".into(),
+        subject: "bob".into(),
+    };
+    f.ai.complete(&other, &ask("echo", "fine")).await.unwrap();
 }

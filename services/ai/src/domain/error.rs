@@ -22,6 +22,14 @@ pub enum AiError {
         /// The provider or model.
         target: String,
     },
+    /// The tenant's requests or tokens per minute are used up.
+    #[error("the tenant's {limit} quota is used up; retry in {} s", retry_after.as_secs().max(1))]
+    QuotaExceeded {
+        /// `requests_per_minute` or `tokens_per_minute`.
+        limit: &'static str,
+        /// When to retry.
+        retry_after: std::time::Duration,
+    },
     /// The provider failed, on the last deployment tried.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -42,6 +50,7 @@ impl AiError {
             AiError::Invalid(_) | AiError::Unsupported { .. } => "INVALID_ARGUMENT",
             AiError::NotFound(_) => "NOT_FOUND",
             AiError::NoDeployment(_) => "FAILED_PRECONDITION",
+            AiError::QuotaExceeded { .. } => "RESOURCE_EXHAUSTED",
             AiError::Provider(err) => err.result_code(),
             AiError::Store(_) => "INTERNAL",
         }

@@ -1,8 +1,10 @@
 //! The AI domain, free of transport types.
 
+pub mod breaker;
 pub mod catalogue;
 pub mod cost;
 pub mod error;
 pub mod model;
+pub mod quota;
 pub mod service;
 pub mod tokens;

@@ -12,10 +12,12 @@ use switchyard_kit::FieldViolation;
 use switchyard_store::page::{self, PageError};
 use switchyard_store::{Db, now_micros};
 
+use super::breaker::{Admission, Breakers};
 use super::catalogue::{Catalogue, ModelEntry};
 use super::cost::cost_micros;
 use super::error::{AiError, Result};
 use super::model::*;
+use super::quota::{Exceeded, Quotas};
 use super::tokens;
 use crate::config::AiConfig;
 use crate::providers::{ChatProvider, Deployment, ProviderError, ProviderEvent, ProviderResponse};
@@ -90,6 +92,8 @@ struct Inner {
     providers: HashMap<&'static str, Arc<dyn ChatProvider>>,
     recorder: UsageRecorder,
     db: Db,
+    breakers: Breakers,
+    quotas: Quotas,
 }
 
 fn page_error(field: &str) -> impl Fn(PageError) -> AiError + '_ {
@@ -145,6 +149,11 @@ impl Ai {
                 providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
                 recorder,
                 db,
+                breakers: Breakers::new(
+                    config.circuit_breaker.failure_threshold,
+                    config.circuit_breaker.open_for,
+                ),
+                quotas: Quotas::new(config.quotas.clone()),
             }),
         }
     }
@@ -344,10 +353,43 @@ impl Ai {
             })
     }
 
-    /// One completion, trying each deployment of the plan in turn on retryable failures.
-    pub async fn complete(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse> {
+    /// What every completion does first: the tenant's quota, the plan, the request's checks.
+    fn begin(&self, caller: &Caller, request: &ChatRequest) -> Result<(Vec<Step>, Vec<String>)> {
+        self.inner
+            .quotas
+            .admit(&caller.tenant)
+            .map_err(|exceeded| match exceeded {
+                Exceeded::Requests { retry_after } => AiError::QuotaExceeded {
+                    limit: "requests_per_minute",
+                    retry_after,
+                },
+                Exceeded::Tokens { retry_after } => AiError::QuotaExceeded {
+                    limit: "tokens_per_minute",
+                    retry_after,
+                },
+            })?;
         let (steps, notices) = self.plan(&request.model)?;
         self.validate(request, &steps)?;
+        Ok((steps, notices))
+    }
+
+    /// Whether a step's circuit lets it be tried; a skipped step leaves a trace in `attempts`.
+    fn admitted(&self, step: &Step, attempts: &mut Vec<Attempt>) -> bool {
+        if self.inner.breakers.admit(&step.deployment.name) == Admission::Rejected {
+            attempts.push(attempt(
+                step,
+                "UNAVAILABLE",
+                "circuit open: skipped".to_owned(),
+                Duration::ZERO,
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// One completion, trying each deployment of the plan in turn on retryable failures.
+    pub async fn complete(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse> {
+        let (steps, notices) = self.begin(caller, request)?;
         let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let mut attempts = Vec::new();
         let mut cost = 0;
@@ -362,6 +404,13 @@ impl Ai {
                     continue;
                 }
             };
+            if !self.admitted(step, &mut attempts) {
+                last_error.get_or_insert(AiError::Provider(ProviderError::Unavailable(format!(
+                    "the circuit of {} is open",
+                    step.deployment.name
+                ))));
+                continue;
+            }
             let provider = self.provider(step)?;
             let started = Instant::now();
             let time = now_micros();
@@ -373,6 +422,10 @@ impl Ai {
             .unwrap_or(Err(ProviderError::Timeout));
             let latency = started.elapsed();
             let attempt_number = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            let healthy = result
+                .as_ref()
+                .map_or_else(|err| !err.is_retryable(), |_| true);
+            self.inner.breakers.report(&step.deployment.name, healthy);
             match result {
                 Ok(ProviderResponse {
                     message,
@@ -382,6 +435,9 @@ impl Ai {
                 }) => {
                     let call_cost = cost_micros(&usage, &step.entry.prices());
                     cost += call_cost;
+                    self.inner
+                        .quotas
+                        .spend(&caller.tenant, usage.input_tokens + usage.output_tokens);
                     attempts.push(attempt(step, "OK", String::new(), latency));
                     self.record(
                         &Call {
@@ -451,8 +507,7 @@ impl Ai {
     /// One completion, streamed. Deployments are tried in turn until one starts streaming; once
     /// output has reached the caller there is no fallback, and a failure ends the stream.
     pub async fn stream(&self, caller: &Caller, request: &ChatRequest) -> Result<Streaming> {
-        let (steps, notices) = self.plan(&request.model)?;
-        self.validate(request, &steps)?;
+        let (steps, notices) = self.begin(caller, request)?;
         let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let mut attempts = Vec::new();
         let mut last_error = None;
@@ -464,6 +519,13 @@ impl Ai {
                     continue;
                 }
             };
+            if !self.admitted(step, &mut attempts) {
+                last_error.get_or_insert(AiError::Provider(ProviderError::Unavailable(format!(
+                    "the circuit of {} is open",
+                    step.deployment.name
+                ))));
+                continue;
+            }
             let provider = self.provider(step)?;
             let started = Instant::now();
             let time = now_micros();
@@ -474,6 +536,10 @@ impl Ai {
             .await
             .unwrap_or(Err(ProviderError::Timeout));
             let attempt_number = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            let healthy = opened
+                .as_ref()
+                .map_or_else(|err| !err.is_retryable(), |_| true);
+            self.inner.breakers.report(&step.deployment.name, healthy);
             match opened {
                 Ok(events) => {
                     let (stream_id, created) = (id.clone(), time / 1_000_000);
@@ -792,6 +858,10 @@ impl StreamRun {
                         usage,
                     })) => {
                         let latency = run.started.elapsed();
+                        run.ai
+                            .inner
+                            .quotas
+                            .spend(&run.caller.tenant, usage.input_tokens + usage.output_tokens);
                         let cost = cost_micros(&usage, &run.step.entry.prices());
                         run.attempts
                             .push(attempt(&run.step, "OK", String::new(), latency));
