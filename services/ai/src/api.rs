@@ -53,6 +53,19 @@ pub fn api_error(err: AiError) -> ApiError {
         AiError::Invalid(violations) => ApiError::invalid_argument(violations.clone()),
         AiError::NotFound(name) => ApiError::not_found(name),
         AiError::NoDeployment(_) => ApiError::new(code, "NO_DEPLOYMENT", err.to_string()),
+        AiError::ContextWindow {
+            model,
+            input,
+            output,
+            window,
+        } => {
+            ApiError::invalid_argument(vec![FieldViolation::new("chat.messages", err.to_string())])
+                .with_metadata("reason", "CONTEXT_WINDOW_EXCEEDED")
+                .with_metadata("model", model.clone())
+                .with_metadata("input_tokens", input.to_string())
+                .with_metadata("output_tokens", output.to_string())
+                .with_metadata("context_window", window.to_string())
+        }
         AiError::QuotaExceeded { limit, retry_after } => {
             ApiError::new(code, "QUOTA_EXCEEDED", err.to_string())
                 .with_metadata("limit", *limit)
@@ -368,6 +381,11 @@ pub fn chat_request(chat: pb::ChatRequest) -> Result<ChatRequest, Status> {
         end_user_id: Some(chat.end_user_id).filter(|u| !u.is_empty()),
         provider_options,
         allow_unsupported: chat.allow_unsupported,
+        truncation: match pb::Truncation::try_from(chat.truncation) {
+            Ok(pb::Truncation::DropOldest) => Some(Truncation::DropOldest),
+            Ok(pb::Truncation::MiddleOut) => Some(Truncation::MiddleOut),
+            _ => None,
+        },
     })
 }
 
@@ -677,7 +695,7 @@ impl AiService for AiApi {
             input_cost: Some(usd(estimate.input_cost_micros)),
             max_output_cost: Some(usd(estimate.max_output_cost_micros)),
             model: estimate.model,
-            counting: "estimate".into(),
+            counting: estimate.counting.as_str().into(),
         }))
     }
 

@@ -314,6 +314,7 @@ fn chat_request(body: CompletionRequest) -> Result<(ChatRequest, bool, bool), Ap
         end_user_id: body.user,
         provider_options: ProviderOptions::default(),
         allow_unsupported: false,
+        truncation: None,
     };
     Ok((request, body.stream, include_usage))
 }

@@ -524,3 +524,109 @@ async fn tenants_over_their_quota_are_told_when_to_retry() {
     };
     f.ai.complete(&other, &ask("echo", "fine")).await.unwrap();
 }
+
+fn with_tiny_model(config: &mut AiConfig) {
+    let mut tiny = entry("scripted", 1.0, &["chat"]);
+    tiny.context_window = 40;
+    config.models.insert("tiny".into(), tiny);
+    config.deployments.insert(
+        "small".into(),
+        DeploymentConfig {
+            provider: "scripted".into(),
+            model: "tiny".into(),
+            provider_model: None,
+            base_url: None,
+            credential: None,
+            organization: None,
+            project: None,
+            timeout: Duration::from_secs(1),
+        },
+    );
+    config
+        .aliases
+        .insert("grow".into(), vec!["small".into(), "echo".into()]);
+}
+
+fn long_conversation(model: &str) -> ChatRequest {
+    let mut messages = vec![Message {
+        role: Role::System,
+        parts: vec![Part::text("sys")],
+        name: None,
+    }];
+    for turn in 0..6 {
+        messages.push(Message {
+            role: Role::User,
+            parts: vec![Part::text(format!(
+                "question {turn} {}",
+                "word ".repeat(20)
+            ))],
+            name: None,
+        });
+        messages.push(Message {
+            role: Role::Assistant,
+            parts: vec![Part::text(format!("answer {turn}"))],
+            name: None,
+        });
+    }
+    messages.push(Message {
+        role: Role::User,
+        parts: vec![Part::text("last")],
+        name: None,
+    });
+    ChatRequest {
+        model: model.into(),
+        messages,
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn too_long_inputs_fail_with_the_numbers_move_to_larger_windows_or_get_truncated() {
+    let f = fixture_with(vec![], with_tiny_model).await;
+    let err =
+        f.ai.complete(&caller(), &long_conversation("tiny"))
+            .await
+            .unwrap_err();
+    match &err {
+        AiError::ContextWindow {
+            model,
+            input,
+            output,
+            window,
+        } => {
+            assert_eq!((model.as_str(), *output, *window), ("tiny", 0, 40));
+            assert!(*input > 40, "{input}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.result_code(), "INVALID_ARGUMENT");
+
+    // An alias moves it to a deployment with a larger window.
+    let response =
+        f.ai.complete(&caller(), &long_conversation("grow"))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "echo");
+    assert!(
+        response.attempts[0].error.contains("context window"),
+        "{:?}",
+        response.attempts
+    );
+
+    // Or the caller asks for truncation, and the small model serves a shortened conversation.
+    let mut request = long_conversation("tiny");
+    request.truncation = Some(Truncation::DropOldest);
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(response.deployment, "small");
+    assert_eq!(response.message.text(), "last", "the last turn is kept");
+    assert!(response.usage.input_tokens <= 40);
+
+    let mut request = long_conversation("tiny");
+    request.truncation = Some(Truncation::MiddleOut);
+    request.max_output_tokens = Some(39);
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(err, AiError::ContextWindow { output: 39, .. }),
+        "no room left even for the last turn: {err:?}"
+    );
+}

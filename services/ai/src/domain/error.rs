@@ -22,6 +22,20 @@ pub enum AiError {
         /// The provider or model.
         target: String,
     },
+    /// The input and the requested output do not fit the model's context window.
+    #[error(
+        "{input} input tokens and {output} output tokens exceed the {window}-token context window of {model}"
+    )]
+    ContextWindow {
+        /// The model.
+        model: String,
+        /// Counted input tokens.
+        input: u64,
+        /// Requested output tokens.
+        output: u64,
+        /// The model's window.
+        window: u64,
+    },
     /// The tenant's requests or tokens per minute are used up.
     #[error("the tenant's {limit} quota is used up; retry in {} s", retry_after.as_secs().max(1))]
     QuotaExceeded {
@@ -47,7 +61,9 @@ impl AiError {
     /// The gRPC code name, recorded in usage records and used by the API.
     pub fn result_code(&self) -> &'static str {
         match self {
-            AiError::Invalid(_) | AiError::Unsupported { .. } => "INVALID_ARGUMENT",
+            AiError::Invalid(_) | AiError::Unsupported { .. } | AiError::ContextWindow { .. } => {
+                "INVALID_ARGUMENT"
+            }
             AiError::NotFound(_) => "NOT_FOUND",
             AiError::NoDeployment(_) => "FAILED_PRECONDITION",
             AiError::QuotaExceeded { .. } => "RESOURCE_EXHAUSTED",

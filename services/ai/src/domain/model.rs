@@ -257,6 +257,17 @@ pub struct ChatRequest {
     pub provider_options: ProviderOptions,
     /// Drop unsupported features instead of refusing.
     pub allow_unsupported: bool,
+    /// How to shorten a conversation too long for the context window.
+    pub truncation: Option<Truncation>,
+}
+
+/// How a conversation too long for the context window is shortened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// Oldest turns first.
+    DropOldest,
+    /// Turns from the middle first.
+    MiddleOut,
 }
 
 /// Why generation stopped.

@@ -14,6 +14,7 @@ use switchyard_store::{Db, now_micros};
 
 use super::breaker::{Admission, Breakers};
 use super::catalogue::{Catalogue, ModelEntry};
+use super::context;
 use super::cost::cost_micros;
 use super::error::{AiError, Result};
 use super::model::*;
@@ -373,6 +374,71 @@ impl Ai {
         Ok((steps, notices))
     }
 
+    /// The request as it fits `step`'s context window: as is, or truncated if it asks for that.
+    /// A step it does not fit leaves a trace in `attempts`.
+    fn fit(
+        &self,
+        step: &Step,
+        request: ChatRequest,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<ChatRequest> {
+        let window = step.entry.context_window;
+        if window == 0 {
+            return Ok(request);
+        }
+        let output = u64::from(request.max_output_tokens.unwrap_or(0));
+        // A token is at least one byte: a request with fewer bytes than the window fits without
+        // running the tokenizer.
+        let bytes: u64 = request
+            .messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .map(|p| match &p.kind {
+                PartKind::Text(t) => t.len() as u64,
+                _ => 1000,
+            })
+            .sum::<u64>()
+            + 8 * request.messages.len() as u64
+            + request
+                .tools
+                .iter()
+                .map(|t| t.parameters.to_string().len() as u64 + 64)
+                .sum::<u64>();
+        if bytes + output <= window {
+            return Ok(request);
+        }
+        let count = |r: &ChatRequest| {
+            tokens::count_request(
+                r,
+                &step.deployment.provider,
+                &step.deployment.provider_model,
+            )
+            .0
+        };
+        let input = count(&request);
+        if input + output <= window {
+            return Ok(request);
+        }
+        if let Some(strategy) = request.truncation
+            && let Some(cut) =
+                context::truncate(&request, strategy, window.saturating_sub(output), count)
+        {
+            return Ok(cut);
+        }
+        attempts.push(attempt(
+            step,
+            "INVALID_ARGUMENT",
+            format!("skipped: {input} input and {output} output tokens exceed its {window}-token context window"),
+            Duration::ZERO,
+        ));
+        Err(AiError::ContextWindow {
+            model: step.model.clone(),
+            input,
+            output,
+            window,
+        })
+    }
+
     /// Whether a step's circuit lets it be tried; a skipped step leaves a trace in `attempts`.
     fn admitted(&self, step: &Step, attempts: &mut Vec<Attempt>) -> bool {
         if self.inner.breakers.admit(&step.deployment.name) == Admission::Rejected {
@@ -399,6 +465,14 @@ impl Ai {
                 Ok(adapted) => adapted,
                 // A fallback that cannot serve the request is skipped; if none can, the first
                 // reason is what the caller sees.
+                Err(err) => {
+                    last_error.get_or_insert(err);
+                    continue;
+                }
+            };
+            let adapted = match self.fit(step, adapted, &mut attempts) {
+                Ok(fitted) => fitted,
+                // A larger window further down the plan may take it (context-window fallback).
                 Err(err) => {
                     last_error.get_or_insert(err);
                     continue;
@@ -514,6 +588,14 @@ impl Ai {
         for (index, step) in steps.iter().enumerate() {
             let adapted = match self.adapt(request, step) {
                 Ok(adapted) => adapted,
+                Err(err) => {
+                    last_error.get_or_insert(err);
+                    continue;
+                }
+            };
+            let adapted = match self.fit(step, adapted, &mut attempts) {
+                Ok(fitted) => fitted,
+                // A larger window further down the plan may take it (context-window fallback).
                 Err(err) => {
                     last_error.get_or_insert(err);
                     continue;
@@ -689,7 +771,11 @@ impl Ai {
         let step = steps
             .first()
             .ok_or_else(|| AiError::NoDeployment(request.model.clone()))?;
-        let input_tokens = tokens::estimate_request(request);
+        let (input_tokens, counting) = tokens::count_request(
+            request,
+            &step.deployment.provider,
+            &step.deployment.provider_model,
+        );
         let output_tokens = request
             .max_output_tokens
             .map(u64::from)
@@ -699,6 +785,7 @@ impl Ai {
             model: step.model.clone(),
             input_tokens,
             output_tokens,
+            counting,
             input_cost_micros: cost_micros(
                 &Usage {
                     input_tokens,
@@ -784,6 +871,8 @@ pub struct Estimate {
     pub input_tokens: u64,
     /// Output tokens priced.
     pub output_tokens: u64,
+    /// How the input was counted.
+    pub counting: tokens::Counting,
     /// Cost of the input.
     pub input_cost_micros: i64,
     /// Most the output could cost.
