@@ -195,6 +195,87 @@ async fn echo_over_grpc_and_the_openai_endpoint() {
             .any(|m| m["id"] == "echo")
     );
 
+    // Embeddings over gRPC, and over HTTP as strings, as token ids, and in base64.
+    let embedded = client
+        .embed(with_token(
+            pb::EmbedRequest {
+                model: "echo-embedding".into(),
+                inputs: vec!["the cat sat".into(), "the cat sat".into()],
+                dimensions: 32,
+                ..Default::default()
+            },
+            &caller,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(embedded.embeddings.len(), 2);
+    assert_eq!(embedded.embeddings[1].index, 1);
+    assert_eq!(embedded.embeddings[0].values.len(), 32);
+    assert_eq!(embedded.embeddings[0].values, embedded.embeddings[1].values);
+    let embeddings_url = format!("http://{}/v1/embeddings", server.http);
+    let embed_http = |body: serde_json::Value| {
+        let (http, url, caller) = (http.clone(), embeddings_url.clone(), caller.clone());
+        async move {
+            let response = http
+                .post(url)
+                .bearer_auth(caller)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, floats) = embed_http(
+        serde_json::json!({"model": "echo-embedding", "input": "the cat sat", "dimensions": 32}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(floats["object"], "list");
+    let grpc_values: Vec<f64> = embedded.embeddings[0]
+        .values
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let http_values: Vec<f64> =
+        serde_json::from_value(floats["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(http_values, grpc_values);
+    // "the cat sat" in cl100k_base, as LangChain sends it.
+    let (_, from_ids) = embed_http(serde_json::json!({"model": "echo-embedding", "input": [[1820, 8415, 7731]], "dimensions": 32})).await;
+    assert_eq!(
+        from_ids["data"][0]["embedding"],
+        floats["data"][0]["embedding"]
+    );
+    let (_, encoded) = embed_http(serde_json::json!({"model": "echo-embedding", "input": ["the cat sat"], "dimensions": 32, "encoding_format": "base64"})).await;
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    assert_eq!(decoded, grpc_values);
+    let (status, error) = embed_http(serde_json::json!({"model": "echo", "input": "x"})).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("embeddings"),
+        "{error}"
+    );
+    let (status, error) =
+        embed_http(serde_json::json!({"model": "echo-embedding", "input": {"text": "x"}})).await;
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("input"))
+    );
+
     // Stopping flushes the usage records; they are there after a restart.
     server.stop().await;
     let server = TestServer::start(config).await;
@@ -205,7 +286,11 @@ async fn echo_over_grpc_and_the_openai_endpoint() {
         .unwrap()
         .into_inner()
         .records;
-    assert_eq!(usage.len(), 4, "two gRPC and two HTTP completions");
+    assert_eq!(
+        usage.len(),
+        8,
+        "two gRPC and two HTTP completions, one gRPC and three HTTP embeddings"
+    );
     assert!(
         usage
             .iter()

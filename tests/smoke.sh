@@ -131,8 +131,15 @@ chunks = client.chat.completions.create(model="echo", messages=[{"role": "user",
 text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 assert text == "streamed by the sdk", text
 assert any(m.id == "echo" for m in client.models.list().data)
+# The SDK asks for base64 vectors unless told otherwise; both must give the same numbers.
+packed = client.embeddings.create(model="echo-embedding", input=["the cat sat", "a dog ran"])
+plain = client.embeddings.create(model="echo-embedding", input=["the cat sat", "a dog ran"], encoding_format="float")
+assert [d.index for d in packed.data] == [0, 1], packed
+assert len(packed.data[0].embedding) == 256, len(packed.data[0].embedding)
+assert packed.data[0].embedding == plain.data[0].embedding
+assert packed.usage.prompt_tokens > 0, packed.usage
 PY
-ok "the echo model answers the official OpenAI Python SDK, unary and streamed"
+ok "the echo models answer the official OpenAI Python SDK: chat unary and streamed, embeddings"
 
 out=$(call AccessCredential "$ACME" '{"name":"credentials/openai-prod/versions/1"}')
 [ "$(echo "$out" | field '["payload"]["data"]')" = "$SECRET_B64" ] || die "a restart lost data: $out"

@@ -33,6 +33,7 @@ pub const SCOPES: ScopeTable = ScopeTable {
     methods: &[
         ("Complete", SCOPE_COMPLETE),
         ("StreamComplete", SCOPE_COMPLETE),
+        ("Embed", SCOPE_COMPLETE),
         ("ListModels", SCOPE_READ),
         ("GetModel", SCOPE_READ),
         ("EstimateCost", SCOPE_READ),
@@ -462,19 +463,19 @@ pub fn response_to_proto(response: &ChatResponse) -> pb::ChatResponse {
         finish_reason: finish_to_proto(response.finish_reason) as i32,
         usage: Some(usage_to_proto(&response.usage)),
         cost: Some(usd(response.cost_micros)),
-        attempts: response
-            .attempts
-            .iter()
-            .map(|a| pb::Attempt {
-                deployment: a.deployment.clone(),
-                provider: a.provider.clone(),
-                model: a.model.clone(),
-                result_code: a.result_code.clone(),
-                error: a.error.clone(),
-                latency: Some(duration(a.latency)),
-            })
-            .collect(),
+        attempts: response.attempts.iter().map(attempt_to_proto).collect(),
         notices: response.notices.clone(),
+    }
+}
+
+fn attempt_to_proto(attempt: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        deployment: attempt.deployment.clone(),
+        provider: attempt.provider.clone(),
+        model: attempt.model.clone(),
+        result_code: attempt.result_code.clone(),
+        error: attempt.error.clone(),
+        latency: Some(duration(attempt.latency)),
     }
 }
 
@@ -646,6 +647,48 @@ impl AiService for AiApi {
                 })
         });
         Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let dimensions = match request.dimensions {
+            0 => None,
+            d => Some(
+                u32::try_from(d)
+                    .map_err(|_| status(AiError::invalid("dimensions", "must not be negative")))?,
+            ),
+        };
+        let embed = EmbedRequest {
+            model: request.model,
+            inputs: request.inputs,
+            dimensions,
+            tags: request.tags.into_iter().collect(),
+            end_user_id: Some(request.end_user_id).filter(|u| !u.is_empty()),
+        };
+        let response = self.domain.embed(&caller, &embed).await.map_err(status)?;
+        Ok(Response::new(pb::EmbedResponse {
+            id: response.id,
+            model: response.model,
+            provider: response.provider,
+            deployment: response.deployment,
+            embeddings: response
+                .vectors
+                .into_iter()
+                .enumerate()
+                .map(|(index, values)| pb::Embedding {
+                    index: i32::try_from(index).unwrap_or(i32::MAX),
+                    values,
+                })
+                .collect(),
+            usage: Some(usage_to_proto(&response.usage)),
+            cost: Some(usd(response.cost_micros)),
+            attempts: response.attempts.iter().map(attempt_to_proto).collect(),
+            notices: response.notices,
+        }))
     }
 
     async fn list_models(

@@ -63,15 +63,18 @@ pub async fn open(
     );
     let keys: Arc<dyn providers::keys::KeySource> =
         Arc::new(providers::keys::CachedKeys::new(keys, config.key_cache_ttl));
-    let providers: Vec<Arc<dyn providers::ChatProvider>> = vec![
-        Arc::new(providers::echo::Echo),
-        Arc::new(providers::openai::OpenAi::new(http.clone(), keys.clone())),
-        Arc::new(providers::anthropic::Anthropic::new(
-            http.clone(),
-            keys.clone(),
-        )),
-        Arc::new(providers::gemini::Gemini::new(http, keys)),
-    ];
-    let ai = Ai::new(catalogue, config, providers, recorder, db);
+    let echo = Arc::new(providers::echo::Echo);
+    let openai = Arc::new(providers::openai::OpenAi::new(http.clone(), keys.clone()));
+    let gemini = Arc::new(providers::gemini::Gemini::new(http.clone(), keys.clone()));
+    let adapters = providers::Adapters {
+        chat: vec![
+            echo.clone(),
+            openai.clone(),
+            Arc::new(providers::anthropic::Anthropic::new(http, keys)),
+            gemini.clone(),
+        ],
+        embeddings: vec![echo, openai, gemini],
+    };
+    let ai = Ai::new(catalogue, config, adapters, recorder, db);
     Ok(Opened { ai, usage_writer })
 }

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP surface on the HTTP edge: `POST /v1/chat/completions` (with
-//! `stream: true` as server-sent events ending in `data: [DONE]`) and `GET /v1/models`, so the
+//! `stream: true` as server-sent events ending in `data: [DONE]`), `POST /v1/embeddings` and
+//! `GET /v1/models`, so the
 //! official OpenAI SDKs work against Switchyard with its token as their API key. Any catalogue
 //! model of any provider, and every alias, is usable through it.
 
@@ -13,6 +14,8 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,11 +26,13 @@ use crate::api::{SCOPE_COMPLETE, SCOPE_READ, api_error};
 use crate::domain::error::AiError;
 use crate::domain::model::*;
 use crate::domain::service::{Ai, ModelView};
+use crate::domain::tokens;
 
 /// The routes, behind the same authentication as gRPC.
 pub fn router(ai: Ai, authenticator: Arc<dyn Authenticator>) -> Router {
     let completions = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route_layer(axum::middleware::from_fn_with_state(
             (authenticator.clone(), SCOPE_COMPLETE),
             switchyard_kit::http::require_scope,
@@ -131,9 +136,8 @@ fn parts_of(content: &Value, field: &str) -> Result<Vec<Part>, ApiError> {
                         })
                     }
                     Some("input_audio") => {
-                        use base64::Engine;
                         let data = item["input_audio"]["data"].as_str().unwrap_or_default();
-                        let bytes = base64::engine::general_purpose::STANDARD
+                        let bytes = STANDARD
                             .decode(data)
                             .map_err(|_| invalid(&field, "input_audio.data must be base64"))?;
                         let format = item["input_audio"]["format"]
@@ -441,6 +445,127 @@ async fn chat_completions(
             Ok(Event::default().data("[DONE]"))
         }));
     Sse::new(events).into_response()
+}
+
+/// An embeddings request as OpenAI documents it.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    dimensions: Option<u32>,
+    encoding_format: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// The texts of `input`: a string, strings, token ids or lists of token ids (which LangChain
+/// and others send), decoded with the model's tokenizer.
+fn embedding_inputs(model: &str, input: &Value) -> Result<Vec<String>, ApiError> {
+    let ids = |value: &Value| -> Option<Vec<u32>> {
+        value
+            .as_array()?
+            .iter()
+            .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+            .collect()
+    };
+    let text = |ids: Vec<u32>| {
+        tokens::decode(model, &ids).ok_or_else(|| {
+            invalid(
+                "input",
+                "holds token ids the model's tokenizer does not know",
+            )
+        })
+    };
+    match input {
+        Value::String(text) => Ok(vec![text.clone()]),
+        Value::Array(items) if items.iter().all(Value::is_string) => Ok(items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect()),
+        Value::Array(items) if items.iter().all(Value::is_u64) => {
+            Ok(vec![text(ids(input).unwrap_or_default())?])
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                ids(item)
+                    .ok_or_else(|| {
+                        invalid(
+                            "input",
+                            "a string, strings, token ids or lists of token ids",
+                        )
+                    })
+                    .and_then(text)
+            })
+            .collect(),
+        _ => Err(invalid(
+            "input",
+            "a string, strings, token ids or lists of token ids",
+        )),
+    }
+}
+
+async fn embeddings(
+    State(ai): State<Ai>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: EmbeddingsRequest = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            return openai_error(invalid(
+                "body",
+                &format!("not an embeddings request: {err}"),
+            ));
+        }
+    };
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return openai_error(invalid("encoding_format", "float or base64")),
+    };
+    let inputs = match embedding_inputs(&body.model, &body.input) {
+        Ok(inputs) => inputs,
+        Err(err) => return openai_error(err),
+    };
+    let request = EmbedRequest {
+        model: body.model,
+        inputs,
+        dimensions: body.dimensions,
+        tags: body.metadata,
+        end_user_id: body.user,
+    };
+    let caller = Caller {
+        tenant: principal.tenant.clone(),
+        subject: principal.subject.clone(),
+    };
+    let response = match ai.embed(&caller, &request).await {
+        Ok(response) => response,
+        Err(err) => return openai_error(api_error(err)),
+    };
+    let data: Vec<Value> = response
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens = response.usage.input_tokens;
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": response.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 async fn list_models(State(ai): State<Ai>) -> Response {

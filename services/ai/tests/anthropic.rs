@@ -66,7 +66,7 @@ async fn fixture() -> Fixture {
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
         &config,
-        providers,
+        providers.into(),
         recorder,
         db,
     );

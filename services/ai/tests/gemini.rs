@@ -17,7 +17,7 @@ use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::gemini::Gemini;
 use switchyard_ai::providers::keys::StaticKeys;
-use switchyard_ai::providers::{ChatProvider, ProviderError};
+use switchyard_ai::providers::{Adapters, ChatProvider, ProviderError};
 use switchyard_ai::{Ai, COMPONENT, usage};
 use switchyard_store::testing;
 use switchyard_testkit::fake_gemini::{FakeGemini, Reply};
@@ -49,6 +49,19 @@ async fn fixture() -> Fixture {
             timeout: Duration::from_millis(700),
         },
     );
+    config.deployments.insert(
+        "gemini-embed".into(),
+        DeploymentConfig {
+            provider: "gemini".into(),
+            model: "gemini-embedding-001".into(),
+            provider_model: None,
+            base_url: Some(fake.base_url()),
+            credential: Some("credentials/gemini".into()),
+            organization: None,
+            project: None,
+            timeout: Duration::from_millis(700),
+        },
+    );
     config
         .aliases
         .insert("cheap".into(), vec!["flash".into(), "echo".into()]);
@@ -59,14 +72,15 @@ async fn fixture() -> Fixture {
         "credentials/gemini".to_owned(),
         SecretString::from("gemini-test"),
     )]));
-    let providers: Vec<Arc<dyn ChatProvider>> = vec![
-        Arc::new(Echo),
-        Arc::new(Gemini::new(reqwest::Client::new(), keys)),
-    ];
+    let gemini = Arc::new(Gemini::new(reqwest::Client::new(), keys));
+    let adapters = Adapters {
+        chat: vec![Arc::new(Echo), gemini.clone()],
+        embeddings: vec![gemini],
+    };
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
         &config,
-        providers,
+        adapters,
         recorder,
         db,
     );
@@ -290,7 +304,7 @@ async fn quota_errors_honour_retry_info_and_fall_back() {
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
         &config,
-        vec![Arc::new(Gemini::new(reqwest::Client::new(), keys)) as Arc<dyn ChatProvider>],
+        vec![Arc::new(Gemini::new(reqwest::Client::new(), keys)) as Arc<dyn ChatProvider>].into(),
         recorder,
         db,
     );
@@ -317,6 +331,75 @@ async fn legacy_palm_names_resolve_to_gemini_with_a_deprecation_notice() {
             .notices
             .iter()
             .any(|n| n.contains("chat-bison-001 is deprecated")),
+        "{:?}",
+        response.notices
+    );
+}
+
+#[tokio::test]
+async fn embeddings_go_in_batches_of_a_hundred_and_keep_their_order() {
+    let f = fixture().await;
+    let texts: Vec<String> = (0..150).map(|i| format!("text number {i}")).collect();
+    let request = EmbedRequest {
+        model: "gemini-embedding-001".into(),
+        inputs: texts.clone(),
+        dimensions: Some(16),
+        ..EmbedRequest::default()
+    };
+    let response = f.ai.embed(&caller(), &request).await.unwrap();
+    assert_eq!(response.vectors.len(), 150);
+    assert!(response.vectors.iter().all(|v| v.len() == 16));
+    let batches: Vec<_> = f
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(":batchEmbedContents"))
+        .collect();
+    let sizes: Vec<usize> = batches
+        .iter()
+        .map(|r| r.body["requests"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 150);
+    assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+    let first = &batches
+        .iter()
+        .find(|r| r.body["requests"].as_array().unwrap().len() == 100)
+        .unwrap()
+        .body["requests"][0];
+    assert_eq!(first["model"], "models/gemini-embedding-001");
+    assert_eq!(first["outputDimensionality"], 16);
+    assert_eq!(first["content"]["parts"][0]["text"], "text number 0");
+
+    // The same text embedded alone gives the vector it had in the batch: the order is kept.
+    let alone = EmbedRequest {
+        model: "gemini-embedding-001".into(),
+        inputs: vec![texts[120].clone()],
+        dimensions: Some(16),
+        ..EmbedRequest::default()
+    };
+    let single = f.ai.embed(&caller(), &alone).await.unwrap();
+    assert_eq!(single.vectors[0], response.vectors[120]);
+    // Gemini reports no usage for embeddings: the input is estimated, and priced.
+    assert!(response.usage.input_tokens > 0);
+    assert!(response.cost_micros > 0);
+}
+
+#[tokio::test]
+async fn the_palm_embedding_model_resolves_to_gemini_embeddings_with_a_notice() {
+    let f = fixture().await;
+    let request = EmbedRequest {
+        model: "embedding-gecko-001".into(),
+        inputs: vec!["legacy".into()],
+        ..EmbedRequest::default()
+    };
+    let response = f.ai.embed(&caller(), &request).await.unwrap();
+    assert_eq!(response.model, "gemini-embedding-001");
+    assert_eq!(response.vectors[0].len(), 3072);
+    assert!(
+        response
+            .notices
+            .iter()
+            .any(|n| n.contains("embedding-gecko-001 is deprecated")),
         "{:?}",
         response.notices
     );

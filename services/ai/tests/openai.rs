@@ -17,7 +17,7 @@ use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::keys::StaticKeys;
 use switchyard_ai::providers::openai::OpenAi;
-use switchyard_ai::providers::{ChatProvider, ProviderError};
+use switchyard_ai::providers::{Adapters, ProviderError};
 use switchyard_ai::usage::{self, UsageFilter};
 use switchyard_ai::{Ai, COMPONENT};
 use switchyard_store::testing;
@@ -53,9 +53,26 @@ async fn fixture() -> Fixture {
             timeout: Duration::from_millis(700),
         },
     );
+    config.deployments.insert(
+        "openai-embed".into(),
+        DeploymentConfig {
+            provider: "openai".into(),
+            model: "text-embedding-3-small".into(),
+            provider_model: None,
+            base_url: Some(fake.base_url()),
+            credential: Some("credentials/openai".into()),
+            organization: Some("org-switchyard".into()),
+            project: None,
+            timeout: Duration::from_millis(700),
+        },
+    );
     config
         .aliases
         .insert("fast".into(), vec!["openai-main".into(), "echo".into()]);
+    config.aliases.insert(
+        "vectors".into(),
+        vec!["openai-embed".into(), "echo-embedding".into()],
+    );
     config.usage_flush_interval = Duration::from_millis(20);
     let shutdown = CancellationToken::new();
     let (recorder, writer) = usage::start(
@@ -68,14 +85,15 @@ async fn fixture() -> Fixture {
         "credentials/openai".to_owned(),
         SecretString::from("sk-test"),
     )]));
-    let providers: Vec<Arc<dyn ChatProvider>> = vec![
-        Arc::new(Echo),
-        Arc::new(OpenAi::new(reqwest::Client::new(), keys)),
-    ];
+    let openai = Arc::new(OpenAi::new(reqwest::Client::new(), keys));
+    let adapters = Adapters {
+        chat: vec![Arc::new(Echo), openai.clone()],
+        embeddings: vec![Arc::new(Echo), openai],
+    };
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
         &config,
-        providers,
+        adapters,
         recorder,
         db,
     );
@@ -402,4 +420,157 @@ async fn a_rate_limited_or_hanging_primary_is_replaced_by_the_fallback() {
         .collect();
     assert_eq!(failed.len(), 3);
     assert!(failed.contains(&"UPSTREAM_RATE_LIMITED") && failed.contains(&"UPSTREAM_UNAVAILABLE"));
+}
+
+fn embed(model: &str, inputs: &[&str]) -> EmbedRequest {
+    EmbedRequest {
+        model: model.into(),
+        inputs: inputs.iter().map(|&i| i.to_owned()).collect(),
+        tags: [("team".to_owned(), "search".to_owned())].into(),
+        ..EmbedRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn embeddings_reach_openai_in_base64_and_come_back_in_order_and_priced() {
+    let f = fixture().await;
+    let mut request = embed(
+        "text-embedding-3-small",
+        &["same words", "other", "same words"],
+    );
+    request.dimensions = Some(8);
+    request.end_user_id = Some("user-7".into());
+    let response = f.ai.embed(&caller(), &request).await.unwrap();
+    assert_eq!(
+        (response.provider.as_str(), response.deployment.as_str()),
+        ("openai", "openai-embed")
+    );
+    assert_eq!(response.vectors.len(), 3);
+    assert!(response.vectors.iter().all(|v| v.len() == 8));
+    assert_eq!(response.vectors[0], response.vectors[2]);
+    assert_ne!(response.vectors[0], response.vectors[1]);
+    // The fake counts words: 2 + 1 + 2 prompt tokens at $0.02 per million.
+    assert_eq!(response.usage.input_tokens, 5);
+    assert_eq!(response.cost_micros, 0);
+
+    let sent = f.fake.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/embeddings");
+    assert_eq!(sent.body["encoding_format"], "base64");
+    assert_eq!(sent.body["dimensions"], 8);
+    assert_eq!(sent.body["user"], "user-7");
+    assert_eq!(sent.headers["openai-organization"], "org-switchyard");
+    assert_eq!(f.fake.contract_violations(), Vec::<String>::new());
+
+    // Cost is exact: 10 inputs of 5,000 words = 50,000 tokens at $0.02 per million = $0.001.
+    let long = vec!["word "; 5000].concat();
+    let inputs: Vec<&str> = vec![long.as_str(); 10];
+    let mut request = embed("text-embedding-3-small", &inputs);
+    request.dimensions = Some(8);
+    let response = f.ai.embed(&caller(), &request).await.unwrap();
+    assert_eq!(response.usage.input_tokens, 50_000);
+    assert_eq!(response.cost_micros, 1_000);
+}
+
+#[tokio::test]
+async fn embedding_requests_are_checked_before_they_are_sent() {
+    let f = fixture().await;
+    let invalid = |err: AiError| match err {
+        AiError::Invalid(violations) => violations.into_iter().map(|v| v.field).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let err =
+        f.ai.embed(&caller(), &embed("text-embedding-3-small", &[]))
+            .await
+            .unwrap_err();
+    assert_eq!(invalid(err), ["inputs"]);
+    let err =
+        f.ai.embed(&caller(), &embed("text-embedding-3-small", &["a", ""]))
+            .await
+            .unwrap_err();
+    assert_eq!(invalid(err), ["inputs[1]"]);
+    let too_many = vec!["a"; 2049];
+    let err =
+        f.ai.embed(&caller(), &embed("text-embedding-3-small", &too_many))
+            .await
+            .unwrap_err();
+    assert_eq!(invalid(err), ["inputs"]);
+
+    // More dimensions than the model has, or embeddings from a chat model: refused, naming it.
+    let mut request = embed("text-embedding-3-small", &["a"]);
+    request.dimensions = Some(4096);
+    let err = f.ai.embed(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Unsupported { feature, .. } if feature == "dimensions = 4096"),
+        "{err:?}"
+    );
+    let err =
+        f.ai.embed(&caller(), &embed("gpt-4o-mini", &["a"]))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(&err, AiError::Unsupported { feature, target } if feature == "embeddings" && target.contains("gpt-4o-mini")),
+        "{err:?}"
+    );
+    assert!(f.fake.requests().is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_failing_embedding_deployment_falls_back_and_every_attempt_is_recorded() {
+    let f = fixture().await;
+    f.fake.push(FakeOpenAi::rate_limited(1));
+    let response =
+        f.ai.embed(&caller(), &embed("vectors", &["the cat sat"]))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "echo-embedding");
+    assert_eq!(response.vectors[0].len(), 256);
+    let codes: Vec<&str> = response
+        .attempts
+        .iter()
+        .map(|a| a.result_code.as_str())
+        .collect();
+    assert_eq!(codes, ["RESOURCE_EXHAUSTED", "OK"]);
+
+    // A rejected key is not retried elsewhere: the caller must fix it.
+    f.fake.push(Reply::Error {
+        status: 401,
+        body: FakeOpenAi::error_body(
+            "Incorrect API key provided",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        ),
+        headers: vec![],
+    });
+    let err =
+        f.ai.embed(&caller(), &embed("vectors", &["x"]))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, AiError::Provider(ProviderError::CredentialRejected)),
+        "{err:?}"
+    );
+
+    f.shutdown.cancel();
+    f.writer.await.unwrap();
+    let records =
+        f.ai.list_usage(&caller(), &UsageFilter::default(), 0, "")
+            .await
+            .unwrap()
+            .items;
+    let outcomes: Vec<(&str, &str)> = records
+        .iter()
+        .rev()
+        .map(|r| (r.deployment.as_str(), r.result_code.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("openai-embed", "RESOURCE_EXHAUSTED"),
+            ("echo-embedding", "OK"),
+            ("openai-embed", "FAILED_PRECONDITION")
+        ]
+    );
+    assert!(records.iter().all(|r| r.tags["team"] == "search"));
+    assert_eq!(records[1].id, records[2].request_id);
 }

@@ -129,7 +129,7 @@ async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiCo
         calls: AtomicUsize::new(0),
     });
     let providers: Vec<Arc<dyn ChatProvider>> = vec![Arc::new(Echo), scripted.clone()];
-    let ai = Ai::new(catalogue, &config, providers, recorder, db.clone());
+    let ai = Ai::new(catalogue, &config, providers.into(), recorder, db.clone());
     Fixture {
         ai,
         db,

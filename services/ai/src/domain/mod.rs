@@ -4,6 +4,7 @@ pub mod breaker;
 pub mod catalogue;
 pub mod context;
 pub mod cost;
+pub mod embeddings;
 pub mod error;
 pub mod model;
 pub mod quota;

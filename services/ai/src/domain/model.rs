@@ -261,6 +261,44 @@ pub struct ChatRequest {
     pub truncation: Option<Truncation>,
 }
 
+/// An embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EmbedRequest {
+    /// An embedding model or an alias.
+    pub model: String,
+    /// The texts.
+    pub inputs: Vec<String>,
+    /// Shorter vectors, where the model can make them.
+    pub dimensions: Option<u32>,
+    /// Tags for cost allocation.
+    pub tags: BTreeMap<String, String>,
+    /// The end user.
+    pub end_user_id: Option<String>,
+}
+
+/// Embeddings of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedResponse {
+    /// The call's id.
+    pub id: String,
+    /// The catalogue model.
+    pub model: String,
+    /// The provider.
+    pub provider: String,
+    /// The deployment.
+    pub deployment: String,
+    /// One vector per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens of the serving call.
+    pub usage: Usage,
+    /// Cost of every attempt, in micro-USD.
+    pub cost_micros: i64,
+    /// Every try.
+    pub attempts: Vec<Attempt>,
+    /// Notices, such as deprecations.
+    pub notices: Vec<String>,
+}
+
 /// How a conversation too long for the context window is shortened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Truncation {

@@ -3,6 +3,7 @@
 //! failures, prices every attempt, and records its usage.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,10 @@ use super::model::*;
 use super::quota::{Exceeded, Quotas};
 use super::tokens;
 use crate::config::AiConfig;
-use crate::providers::{ChatProvider, Deployment, ProviderError, ProviderEvent, ProviderResponse};
+use crate::providers::{
+    Adapters, ChatProvider, Deployment, EmbeddingProvider, ProviderError, ProviderEvent,
+    ProviderResponse,
+};
 use crate::usage::{self, UsageFilter, UsageRecord, UsageRecorder};
 
 /// The most stop sequences a request may carry (OpenAI's limit).
@@ -31,17 +35,55 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One step of a request's plan: a deployment and the catalogue model it serves.
 #[derive(Debug, Clone)]
-struct Step {
-    deployment: Deployment,
-    model: String,
-    entry: ModelEntry,
+pub(super) struct Step {
+    pub(super) deployment: Deployment,
+    pub(super) model: String,
+    pub(super) entry: ModelEntry,
+}
+
+/// Who a call is for, as its usage records say.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a> {
+    pub(super) caller: &'a Caller,
+    /// The model or alias asked for.
+    pub(super) model: &'a str,
+    pub(super) tags: &'a BTreeMap<String, String>,
+    pub(super) end_user_id: Option<&'a str>,
+    /// Of the call's id (`chatcmpl`, `embd`, ...).
+    pub(super) id_prefix: &'static str,
+}
+
+/// What one provider call produced, with its usage and cost.
+pub(super) struct Metered<T> {
+    pub(super) value: T,
+    pub(super) usage: Usage,
+    pub(super) cost_micros: i64,
+}
+
+/// What a call over the plan produced, and how.
+pub(super) struct Served<T> {
+    pub(super) id: String,
+    pub(super) value: T,
+    /// Of the serving call.
+    pub(super) usage: Usage,
+    /// The catalogue model, provider and deployment that served it.
+    pub(super) model: String,
+    pub(super) provider: String,
+    pub(super) deployment: String,
+    /// Of every attempt.
+    pub(super) cost_micros: i64,
+    pub(super) attempts: Vec<Attempt>,
+    pub(super) notices: Vec<String>,
+    /// Unix seconds.
+    pub(super) created: i64,
 }
 
 /// Which call a usage record is about.
 #[derive(Clone, Copy)]
 struct Call<'a> {
     caller: &'a Caller,
-    request: &'a ChatRequest,
+    tags: &'a BTreeMap<String, String>,
+    end_user_id: Option<&'a str>,
     step: &'a Step,
     request_id: &'a str,
     time: i64,
@@ -90,7 +132,8 @@ struct Inner {
     catalogue: Catalogue,
     deployments: BTreeMap<String, Deployment>,
     aliases: BTreeMap<String, Vec<String>>,
-    providers: HashMap<&'static str, Arc<dyn ChatProvider>>,
+    chat: HashMap<&'static str, Arc<dyn ChatProvider>>,
+    embedders: HashMap<&'static str, Arc<dyn EmbeddingProvider>>,
     recorder: UsageRecorder,
     db: Db,
     breakers: Breakers,
@@ -103,11 +146,12 @@ fn page_error(field: &str) -> impl Fn(PageError) -> AiError + '_ {
 
 impl Ai {
     /// The domain over a catalogue, configured deployments, the provider adapters, and the usage
-    /// recorder and store.
+    /// recorder and store. Every model of the `echo` provider gets a deployment of its name unless
+    /// configuration defines one.
     pub fn new(
         catalogue: Catalogue,
         config: &AiConfig,
-        providers: Vec<Arc<dyn ChatProvider>>,
+        adapters: Adapters,
         recorder: UsageRecorder,
         db: Db,
     ) -> Self {
@@ -129,25 +173,32 @@ impl Ai {
                 (name.clone(), deployment)
             })
             .collect();
-        deployments
-            .entry("echo".to_owned())
-            .or_insert_with(|| Deployment {
-                name: "echo".into(),
-                provider: "echo".into(),
-                model: "echo".into(),
-                provider_model: "echo".into(),
-                base_url: String::new(),
-                credential: None,
-                organization: None,
-                project: None,
-                timeout: Duration::from_secs(10),
-            });
+        for (id, entry) in &catalogue.models {
+            if entry.provider == "echo" {
+                deployments.entry(id.clone()).or_insert_with(|| Deployment {
+                    name: id.clone(),
+                    provider: "echo".into(),
+                    model: id.clone(),
+                    provider_model: id.clone(),
+                    base_url: String::new(),
+                    credential: None,
+                    organization: None,
+                    project: None,
+                    timeout: Duration::from_secs(10),
+                });
+            }
+        }
         Ai {
             inner: Arc::new(Inner {
                 catalogue,
                 deployments,
                 aliases: config.aliases.clone(),
-                providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
+                chat: adapters.chat.into_iter().map(|p| (p.name(), p)).collect(),
+                embedders: adapters
+                    .embeddings
+                    .into_iter()
+                    .map(|p| (p.name(), p))
+                    .collect(),
                 recorder,
                 db,
                 breakers: Breakers::new(
@@ -342,9 +393,21 @@ impl Ai {
         }
     }
 
+    /// The embeddings adapter of a step's provider.
+    pub(super) fn embedder(&self, step: &Step) -> Result<Arc<dyn EmbeddingProvider>> {
+        self.inner
+            .embedders
+            .get(step.deployment.provider.as_str())
+            .cloned()
+            .ok_or_else(|| AiError::Unsupported {
+                feature: "embeddings".to_owned(),
+                target: format!("provider {}", step.deployment.provider),
+            })
+    }
+
     fn provider(&self, step: &Step) -> Result<&Arc<dyn ChatProvider>> {
         self.inner
-            .providers
+            .chat
             .get(step.deployment.provider.as_str())
             .ok_or_else(|| {
                 AiError::NoDeployment(format!(
@@ -356,6 +419,24 @@ impl Ai {
 
     /// What every completion does first: the tenant's quota, the plan, the request's checks.
     fn begin(&self, caller: &Caller, request: &ChatRequest) -> Result<(Vec<Step>, Vec<String>)> {
+        self.admit(caller)?;
+        let (steps, notices) = self.plan(&request.model)?;
+        self.validate(request, &steps)?;
+        Ok((steps, notices))
+    }
+
+    /// The tenant's request quota, then the plan for `model`.
+    pub(super) fn begin_job(
+        &self,
+        caller: &Caller,
+        model: &str,
+    ) -> Result<(Vec<Step>, Vec<String>)> {
+        self.admit(caller)?;
+        self.plan(model)
+    }
+
+    /// The tenant's request quota.
+    fn admit(&self, caller: &Caller) -> Result<()> {
         self.inner
             .quotas
             .admit(&caller.tenant)
@@ -368,10 +449,7 @@ impl Ai {
                     limit: "tokens_per_minute",
                     retry_after,
                 },
-            })?;
-        let (steps, notices) = self.plan(&request.model)?;
-        self.validate(request, &steps)?;
-        Ok((steps, notices))
+            })
     }
 
     /// The request as it fits `step`'s context window: as is, or truncated if it asks for that.
@@ -456,23 +534,76 @@ impl Ai {
     /// One completion, trying each deployment of the plan in turn on retryable failures.
     pub async fn complete(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse> {
         let (steps, notices) = self.begin(caller, request)?;
-        let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+        let job = Job {
+            caller,
+            model: &request.model,
+            tags: &request.tags,
+            end_user_id: request.end_user_id.as_deref(),
+            id_prefix: "chatcmpl",
+        };
+        let served = self
+            .serve(job, steps, notices, |step, attempts| {
+                // A fallback that cannot serve the request is skipped; if none can, the first
+                // reason is what the caller sees. A larger window further down the plan may take
+                // a request too long for this one (context-window fallback).
+                let adapted = self.fit(step, self.adapt(request, step)?, attempts)?;
+                let provider = self.provider(step)?.clone();
+                let (deployment, prices) = (step.deployment.clone(), step.entry.prices());
+                Ok(async move {
+                    let response = provider.complete(&deployment, &adapted).await?;
+                    Ok(Metered {
+                        usage: response.usage,
+                        cost_micros: cost_micros(&response.usage, &prices),
+                        value: response,
+                    })
+                })
+            })
+            .await?;
+        let ProviderResponse {
+            message,
+            finish_reason,
+            notices: provider_notices,
+            ..
+        } = served.value;
+        Ok(ChatResponse {
+            id: served.id,
+            model: served.model,
+            provider: served.provider,
+            deployment: served.deployment,
+            message,
+            finish_reason,
+            usage: served.usage,
+            cost_micros: served.cost_micros,
+            attempts: served.attempts,
+            notices: served.notices.into_iter().chain(provider_notices).collect(),
+            created: served.created,
+        })
+    }
+
+    /// Runs a call over `steps`: each step `prepare` accepts is tried in turn (its circuit
+    /// permitting, within its deployment's timeout) until one succeeds or fails for good. Every
+    /// attempt is recorded in the usage log; the tokens served count against the tenant's quota.
+    ///
+    /// `prepare` turns a step into the provider call, or refuses the step (the first refusal is
+    /// the error when no step is left).
+    pub(super) async fn serve<T, F, Fut>(
+        &self,
+        job: Job<'_>,
+        steps: Vec<Step>,
+        notices: Vec<String>,
+        mut prepare: F,
+    ) -> Result<Served<T>>
+    where
+        F: FnMut(&Step, &mut Vec<Attempt>) -> Result<Fut>,
+        Fut: Future<Output = std::result::Result<Metered<T>, ProviderError>>,
+    {
+        let id = format!("{}-{}", job.id_prefix, uuid::Uuid::now_v7().simple());
         let mut attempts = Vec::new();
         let mut cost = 0;
         let mut last_error = None;
         for (index, step) in steps.iter().enumerate() {
-            let adapted = match self.adapt(request, step) {
-                Ok(adapted) => adapted,
-                // A fallback that cannot serve the request is skipped; if none can, the first
-                // reason is what the caller sees.
-                Err(err) => {
-                    last_error.get_or_insert(err);
-                    continue;
-                }
-            };
-            let adapted = match self.fit(step, adapted, &mut attempts) {
-                Ok(fitted) => fitted,
-                // A larger window further down the plan may take it (context-window fallback).
+            let call = match prepare(step, &mut attempts) {
+                Ok(call) => call,
                 Err(err) => {
                     last_error.get_or_insert(err);
                     continue;
@@ -485,77 +616,64 @@ impl Ai {
                 ))));
                 continue;
             }
-            let provider = self.provider(step)?;
             let started = Instant::now();
             let time = now_micros();
-            let result = tokio::time::timeout(
-                step.deployment.timeout,
-                provider.complete(&step.deployment, &adapted),
-            )
-            .await
-            .unwrap_or(Err(ProviderError::Timeout));
+            let result = tokio::time::timeout(step.deployment.timeout, call)
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
             let latency = started.elapsed();
-            let attempt_number = u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX);
+            let recorded = Call {
+                caller: job.caller,
+                tags: job.tags,
+                end_user_id: job.end_user_id,
+                step,
+                request_id: &id,
+                time,
+                attempt: u32::try_from(attempts.len() + 1).unwrap_or(u32::MAX),
+            };
             let healthy = result
                 .as_ref()
                 .map_or_else(|err| !err.is_retryable(), |_| true);
             self.inner.breakers.report(&step.deployment.name, healthy);
             match result {
-                Ok(ProviderResponse {
-                    message,
-                    finish_reason,
+                Ok(Metered {
+                    value,
                     usage,
-                    notices: provider_notices,
+                    cost_micros,
                 }) => {
-                    let call_cost = cost_micros(&usage, &step.entry.prices());
-                    cost += call_cost;
+                    cost += cost_micros;
                     self.inner
                         .quotas
-                        .spend(&caller.tenant, usage.input_tokens + usage.output_tokens);
+                        .spend(&job.caller.tenant, usage.input_tokens + usage.output_tokens);
                     attempts.push(attempt(step, "OK", String::new(), latency));
                     self.record(
-                        &Call {
-                            caller,
-                            request,
-                            step,
-                            request_id: &id,
-                            time,
-                            attempt: attempt_number,
-                        },
+                        &recorded,
                         Outcome {
                             usage,
-                            cost: call_cost,
+                            cost: cost_micros,
                             latency,
                             ttft: None,
                             result_code: "OK",
                             error_reason: "",
                         },
                     );
-                    return Ok(ChatResponse {
+                    return Ok(Served {
                         id,
+                        value,
+                        usage,
                         model: step.model.clone(),
                         provider: step.deployment.provider.clone(),
                         deployment: step.deployment.name.clone(),
-                        message,
-                        finish_reason,
-                        usage,
                         cost_micros: cost,
                         attempts,
-                        notices: notices.into_iter().chain(provider_notices).collect(),
+                        notices,
                         created: time / 1_000_000,
                     });
                 }
                 Err(err) => {
                     attempts.push(attempt(step, err.result_code(), err.to_string(), latency));
                     self.record(
-                        &Call {
-                            caller,
-                            request,
-                            step,
-                            request_id: &id,
-                            time,
-                            attempt: attempt_number,
-                        },
+                        &recorded,
                         Outcome {
                             usage: Usage::default(),
                             cost: 0,
@@ -565,8 +683,7 @@ impl Ai {
                             error_reason: err.reason(),
                         },
                     );
-                    let retry = err.is_retryable() && index + 1 < steps.len();
-                    if !retry {
+                    if !(err.is_retryable() && index + 1 < steps.len()) {
                         return Err(err.into());
                     }
                     tracing::warn!(deployment = %step.deployment.name, error = %err, "trying the next deployment");
@@ -575,7 +692,7 @@ impl Ai {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| AiError::NoDeployment(request.model.clone())))
+        Err(last_error.unwrap_or_else(|| AiError::NoDeployment(job.model.to_owned())))
     }
 
     /// One completion, streamed. Deployments are tried in turn until one starts streaming; once
@@ -649,7 +766,8 @@ impl Ai {
                     self.record(
                         &Call {
                             caller,
-                            request,
+                            tags: &request.tags,
+                            end_user_id: request.end_user_id.as_deref(),
                             step,
                             request_id: &id,
                             time,
@@ -678,7 +796,8 @@ impl Ai {
     fn record(&self, call: &Call<'_>, outcome: Outcome<'_>) {
         let Call {
             caller,
-            request,
+            tags,
+            end_user_id,
             step,
             request_id,
             time,
@@ -711,7 +830,7 @@ impl Ai {
             tenant: caller.tenant.clone(),
             time,
             principal: caller.subject.clone(),
-            tags: request.tags.clone(),
+            tags: tags.clone(),
             provider: step.deployment.provider.clone(),
             model: step.model.clone(),
             deployment: step.deployment.name.clone(),
@@ -721,7 +840,7 @@ impl Ai {
             time_to_first_token: ttft,
             result_code: result_code.to_owned(),
             error_reason: error_reason.to_owned(),
-            end_user_id: request.end_user_id.clone().unwrap_or_default(),
+            end_user_id: end_user_id.unwrap_or_default().to_owned(),
             attempt,
             request_id: request_id.to_owned(),
         });
@@ -957,7 +1076,8 @@ impl StreamRun {
                         run.ai.record(
                             &Call {
                                 caller: &run.caller,
-                                request: &run.request,
+                                tags: &run.request.tags,
+                                end_user_id: run.request.end_user_id.as_deref(),
                                 step: &run.step,
                                 request_id: &run.id,
                                 time: run.time,
@@ -995,7 +1115,8 @@ impl StreamRun {
                         run.ai.record(
                             &Call {
                                 caller: &run.caller,
-                                request: &run.request,
+                                tags: &run.request.tags,
+                                end_user_id: run.request.end_user_id.as_deref(),
                                 step: &run.step,
                                 request_id: &run.id,
                                 time: run.time,
@@ -1020,7 +1141,8 @@ impl StreamRun {
                         run.ai.record(
                             &Call {
                                 caller: &run.caller,
-                                request: &run.request,
+                                tags: &run.request.tags,
+                                end_user_id: run.request.end_user_id.as_deref(),
                                 step: &run.step,
                                 request_id: &run.id,
                                 time: run.time,

@@ -87,6 +87,14 @@ pub fn count_request(request: &ChatRequest, provider: &str, model: &str) -> (u64
     (estimate_request(request), Counting::Estimate)
 }
 
+/// The text of token ids of `model`'s tokenizer (cl100k_base, that of OpenAI's embedding
+/// models, when the model is not OpenAI's), as clients that tokenize before embedding send them.
+pub fn decode(model: &str, ids: &[u32]) -> Option<String> {
+    let bpe =
+        tiktoken_rs::bpe_for_model(model).unwrap_or_else(|_| tiktoken_rs::cl100k_base_singleton());
+    bpe.decode(ids).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +109,28 @@ mod tests {
             }],
             ..ChatRequest::default()
         }
+    }
+
+    #[test]
+    fn token_ids_decode_with_the_models_tokenizer() {
+        let ids: Vec<u32> = tiktoken_rs::cl100k_base_singleton()
+            .encode_ordinary("hello world")
+            .into_iter()
+            .collect();
+        assert_eq!(
+            decode("text-embedding-3-small", &ids).as_deref(),
+            Some("hello world")
+        );
+        assert_eq!(
+            decode("echo-embedding", &ids).as_deref(),
+            Some("hello world")
+        );
+        assert_eq!(decode("text-embedding-3-small", &[u32::MAX]), None);
+        // The ids the end-to-end test sends for "the cat sat".
+        assert_eq!(
+            tiktoken_rs::cl100k_base_singleton().encode_ordinary("the cat sat"),
+            [1820, 8415, 7731]
+        );
     }
 
     #[test]

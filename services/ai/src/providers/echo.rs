@@ -10,11 +10,12 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::{
-    ChatProvider, Deployment, EventStream, ProviderError, ProviderEvent, ProviderResponse,
+    ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
+    ProviderEvent, ProviderResponse,
 };
 use crate::domain::model::{
-    ChatRequest, Delta, FinishReason, Message, Part, PartKind, ResponseFormat, Role, ToolCall,
-    ToolCallDelta, ToolChoice, Usage,
+    ChatRequest, Delta, EmbedRequest, FinishReason, Message, Part, PartKind, ResponseFormat, Role,
+    ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use crate::domain::tokens;
 
@@ -143,5 +144,77 @@ impl ChatProvider for Echo {
             usage: response.usage,
         });
         Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
+    }
+}
+
+/// Vector size of the echo embeddings when the request names none.
+pub const ECHO_DIMENSIONS: usize = 256;
+
+/// A bag-of-words vector: each lower-cased word adds 1 to a coordinate picked by its hash (FNV-1a,
+/// stable across builds), then the vector is scaled to unit length. Texts sharing words have a
+/// positive cosine similarity, which is enough for demos of search and clustering.
+pub fn echo_vector(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut vector = vec![0.0_f32; dimensions.max(1)];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let hash = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let len = vector.len() as u64;
+        vector[(hash % len) as usize] += 1.0;
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+    vector
+}
+
+#[async_trait]
+impl EmbeddingProvider for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    async fn embed(
+        &self,
+        _deployment: &Deployment,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, ProviderError> {
+        let dimensions = request.dimensions.map_or(ECHO_DIMENSIONS, |d| d as usize);
+        Ok(Embeddings {
+            vectors: request
+                .inputs
+                .iter()
+                .map(|text| echo_vector(text, dimensions))
+                .collect(),
+            input_tokens: request
+                .inputs
+                .iter()
+                .map(|t| tokens::estimate_text(t))
+                .sum(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_vectors_are_unit_length_and_similar_for_shared_words() {
+        let cat = echo_vector("the cat sat on the mat", 64);
+        let cat_again = echo_vector("The cat sat on the mat!", 64);
+        let other = echo_vector("quarterly revenue forecast", 64);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        assert!((dot(&cat, &cat) - 1.0).abs() < 1e-5);
+        assert!((dot(&cat, &cat_again) - 1.0).abs() < 1e-5);
+        assert!(dot(&cat, &other) < 0.5);
+        assert_eq!(echo_vector("", 8), vec![0.0; 8]);
     }
 }

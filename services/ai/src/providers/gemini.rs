@@ -17,9 +17,11 @@ use serde_json::{Map, Value, json};
 use super::keys::KeySource;
 use super::sse;
 use super::{
-    ChatProvider, Deployment, EventStream, ProviderError, ProviderEvent, ProviderResponse,
+    ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
+    ProviderEvent, ProviderResponse,
 };
 use crate::domain::model::*;
+use crate::domain::tokens;
 
 /// Google's public endpoint.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -77,6 +79,22 @@ impl Gemini {
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         Err(error_from(status, &body))
+    }
+
+    /// Sends a JSON body and decodes the JSON answer.
+    async fn call(
+        &self,
+        deployment: &Deployment,
+        method: &str,
+        body: &Value,
+    ) -> Result<Value, ProviderError> {
+        let response = self.send(deployment, method, body).await?;
+        response.json().await.map_err(|err| {
+            ProviderError::Other(format!(
+                "the response does not decode: {}",
+                err.without_url()
+            ))
+        })
     }
 }
 
@@ -424,14 +442,7 @@ impl ChatProvider for Gemini {
         request: &ChatRequest,
     ) -> Result<ProviderResponse, ProviderError> {
         let body = request_body(request)?;
-        let response = self.send(deployment, "generateContent", &body).await?;
-        let body: Value = response.json().await.map_err(|err| {
-            ProviderError::Other(format!(
-                "the response does not decode: {}",
-                err.without_url()
-            ))
-        })?;
-        response_of(&body)
+        response_of(&self.call(deployment, "generateContent", &body).await?)
     }
 
     async fn stream(
@@ -444,6 +455,90 @@ impl ChatProvider for Gemini {
             .send(deployment, "streamGenerateContent?alt=sse", &body)
             .await?;
         Ok(stream_events(sse::events(response)))
+    }
+}
+
+/// The most requests one `batchEmbedContents` call takes.
+pub const EMBED_BATCH: usize = 100;
+
+/// The body of `models/{model}:batchEmbedContents` for a batch of at most [`EMBED_BATCH`] texts.
+pub fn batch_embed_body(
+    deployment: &Deployment,
+    inputs: &[String],
+    dimensions: Option<u32>,
+) -> Value {
+    let requests: Vec<Value> = inputs
+        .iter()
+        .map(|text| {
+            let mut request = json!({
+                "model": format!("models/{}", deployment.provider_model),
+                "content": { "parts": [{ "text": text }] },
+            });
+            if let Some(dimensions) = dimensions {
+                request["outputDimensionality"] = json!(dimensions);
+            }
+            request
+        })
+        .collect();
+    json!({ "requests": requests })
+}
+
+/// The vectors of a `batchEmbedContents` answer.
+pub fn batch_embed_vectors(body: &Value, inputs: usize) -> Result<Vec<Vec<f32>>, ProviderError> {
+    let vectors: Vec<Vec<f32>> = body["embeddings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|embedding| {
+            embedding["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_f64().map(|f| f as f32))
+                .collect::<Option<Vec<f32>>>()
+                .unwrap_or_default()
+        })
+        .collect();
+    if vectors.len() != inputs || vectors.iter().any(Vec::is_empty) {
+        return Err(ProviderError::Other(format!(
+            "malformed batchEmbedContents answer: {} vectors for {inputs} inputs",
+            vectors.len()
+        )));
+    }
+    Ok(vectors)
+}
+
+#[async_trait]
+impl EmbeddingProvider for Gemini {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+
+    /// Batches of [`EMBED_BATCH`], sent concurrently. Gemini reports no token usage for
+    /// embeddings, so input tokens are estimated locally.
+    async fn embed(
+        &self,
+        deployment: &Deployment,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, ProviderError> {
+        let batches = request.inputs.chunks(EMBED_BATCH).map(|batch| async move {
+            let body = batch_embed_body(deployment, batch, request.dimensions);
+            let answer = self.call(deployment, "batchEmbedContents", &body).await?;
+            batch_embed_vectors(&answer, batch.len())
+        });
+        let vectors = futures::future::try_join_all(batches)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Embeddings {
+            vectors,
+            input_tokens: request
+                .inputs
+                .iter()
+                .map(|t| tokens::estimate_text(t))
+                .sum(),
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::domain::model::{ChatRequest, Delta, FinishReason, Message, Usage};
+use crate::domain::model::{ChatRequest, Delta, EmbedRequest, FinishReason, Message, Usage};
 
 /// A configured place to send requests: a provider, its model name, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,4 +170,45 @@ pub trait ChatProvider: Send + Sync + std::fmt::Debug {
         deployment: &Deployment,
         request: &ChatRequest,
     ) -> Result<EventStream, ProviderError>;
+}
+
+/// What an embedding provider answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input, in the inputs' order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens, as the provider counted them or, where it does not say, estimated.
+    pub input_tokens: u64,
+}
+
+/// One provider's embeddings adapter.
+#[async_trait]
+pub trait EmbeddingProvider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, as deployments name it.
+    fn name(&self) -> &'static str;
+
+    /// The vectors of a batch of inputs.
+    async fn embed(
+        &self,
+        deployment: &Deployment,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, ProviderError>;
+}
+
+/// The adapters of every capability, by provider.
+#[derive(Debug, Default)]
+pub struct Adapters {
+    /// Chat completions.
+    pub chat: Vec<std::sync::Arc<dyn ChatProvider>>,
+    /// Embeddings.
+    pub embeddings: Vec<std::sync::Arc<dyn EmbeddingProvider>>,
+}
+
+impl From<Vec<std::sync::Arc<dyn ChatProvider>>> for Adapters {
+    fn from(chat: Vec<std::sync::Arc<dyn ChatProvider>>) -> Self {
+        Adapters {
+            chat,
+            ..Adapters::default()
+        }
+    }
 }

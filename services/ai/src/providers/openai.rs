@@ -16,7 +16,8 @@ use serde_json::{Map, Value, json};
 use super::keys::KeySource;
 use super::sse;
 use super::{
-    ChatProvider, Deployment, EventStream, ProviderError, ProviderEvent, ProviderResponse,
+    ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
+    ProviderEvent, ProviderResponse,
 };
 use crate::domain::model::*;
 
@@ -36,10 +37,13 @@ impl OpenAi {
         OpenAi { http, keys }
     }
 
+    /// Sends `body` to `path` of the deployment's API with its key and headers; a JSON value is
+    /// sent as JSON, a form as multipart.
     async fn send(
         &self,
         deployment: &Deployment,
-        body: &Value,
+        path: &str,
+        body: Body<'_>,
     ) -> Result<reqwest::Response, ProviderError> {
         let credential = deployment.credential.as_deref().ok_or_else(|| {
             ProviderError::Other(format!("deployment {} has no credential", deployment.name))
@@ -52,10 +56,12 @@ impl OpenAi {
         };
         let mut request = self
             .http
-            .post(format!("{base}/chat/completions"))
+            .post(format!("{base}/{path}"))
             .bearer_auth(key.expose_secret())
-            .timeout(deployment.timeout)
-            .json(body);
+            .timeout(deployment.timeout);
+        request = match body {
+            Body::Json(value) => request.json(value),
+        };
         if let Some(organization) = &deployment.organization {
             request = request.header("OpenAI-Organization", organization);
         }
@@ -69,6 +75,31 @@ impl OpenAi {
         }
         Err(error_of(response).await)
     }
+
+    /// Sends a JSON body and decodes the JSON answer.
+    async fn call(
+        &self,
+        deployment: &Deployment,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ProviderError> {
+        let response = self.send(deployment, path, Body::Json(body)).await?;
+        decode(response).await
+    }
+}
+
+/// A request body.
+enum Body<'a> {
+    Json(&'a Value),
+}
+
+async fn decode(response: reqwest::Response) -> Result<Value, ProviderError> {
+    response.json().await.map_err(|err| {
+        ProviderError::Other(format!(
+            "the response does not decode: {}",
+            err.without_url()
+        ))
+    })
 }
 
 fn transport_error(err: reqwest::Error) -> ProviderError {
@@ -383,14 +414,7 @@ impl ChatProvider for OpenAi {
         request: &ChatRequest,
     ) -> Result<ProviderResponse, ProviderError> {
         let body = request_body(deployment, request, false)?;
-        let response = self.send(deployment, &body).await?;
-        let body: Value = response.json().await.map_err(|err| {
-            ProviderError::Other(format!(
-                "the response does not decode: {}",
-                err.without_url()
-            ))
-        })?;
-        response_of(&body)
+        response_of(&self.call(deployment, "chat/completions", &body).await?)
     }
 
     async fn stream(
@@ -399,8 +423,97 @@ impl ChatProvider for OpenAi {
         request: &ChatRequest,
     ) -> Result<EventStream, ProviderError> {
         let body = request_body(deployment, request, true)?;
-        let response = self.send(deployment, &body).await?;
+        let response = self
+            .send(deployment, "chat/completions", Body::Json(&body))
+            .await?;
         Ok(stream_events(sse::events(response)))
+    }
+}
+
+/// The body of `POST /v1/embeddings`. Vectors are asked for in base64 (little-endian f32), a
+/// quarter of the bytes of decimal floats, as OpenAI's own SDKs do.
+pub fn embeddings_body(deployment: &Deployment, request: &EmbedRequest) -> Value {
+    let mut body = json!({
+        "model": deployment.provider_model,
+        "input": request.inputs,
+        "encoding_format": "base64",
+    });
+    if let Some(dimensions) = request.dimensions {
+        body["dimensions"] = json!(dimensions);
+    }
+    if let Some(user) = &request.end_user_id {
+        body["user"] = json!(user);
+    }
+    body
+}
+
+/// Little-endian f32s, as the base64 encoding format carries them.
+fn floats_of_le_bytes(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// The vectors of an embeddings answer (base64 or decimal), put in input order by `index`.
+pub fn embeddings_of(body: &Value, inputs: usize) -> Result<Embeddings, ProviderError> {
+    let malformed =
+        |what: &str| ProviderError::Other(format!("malformed embeddings answer: {what}"));
+    let data = body["data"]
+        .as_array()
+        .ok_or_else(|| malformed("no data"))?;
+    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; inputs];
+    for item in data {
+        let index = item["index"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|i| *i < inputs)
+            .ok_or_else(|| malformed("an index out of range"))?;
+        let vector = match &item["embedding"] {
+            Value::String(encoded) => STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|bytes| floats_of_le_bytes(&bytes)),
+            Value::Array(values) => values
+                .iter()
+                .map(|v| v.as_f64().map(|f| f as f32))
+                .collect(),
+            _ => None,
+        }
+        .ok_or_else(|| malformed("an embedding is neither base64 nor numbers"))?;
+        vectors[index] = Some(vector);
+    }
+    let vectors = vectors
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| malformed("an input has no embedding"))?;
+    Ok(Embeddings {
+        vectors,
+        input_tokens: body["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+#[async_trait]
+impl EmbeddingProvider for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    async fn embed(
+        &self,
+        deployment: &Deployment,
+        request: &EmbedRequest,
+    ) -> Result<Embeddings, ProviderError> {
+        let body = embeddings_body(deployment, request);
+        embeddings_of(
+            &self.call(deployment, "embeddings", &body).await?,
+            request.inputs.len(),
+        )
     }
 }
 
