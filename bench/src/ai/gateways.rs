@@ -105,7 +105,8 @@ impl Tools {
                         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
                         .and_then(|json| json["version"].as_str().map(str::to_owned));
                     let node = output(&self.node, &["--version"]).await;
-                    package.map(|v| format!("@portkey-ai/gateway {v} on Node.js {node:?}"))
+                    let node = node.as_deref().unwrap_or("(version unknown)");
+                    package.map(|v| format!("@portkey-ai/gateway {v} on Node.js {node}"))
                 }
             };
             versions
