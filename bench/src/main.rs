@@ -17,6 +17,7 @@
 
 mod cpu;
 mod load;
+mod machine;
 mod report;
 mod servers;
 
