@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::error::AiError;
 use crate::domain::model::*;
 use crate::domain::service::{Ai, ModelView};
+use crate::domain::transcription::MAX_AUDIO_BYTES;
 use crate::providers::ProviderError;
 use crate::usage::{UsageFilter, UsageRecord};
 
@@ -34,9 +35,12 @@ pub const SCOPES: ScopeTable = ScopeTable {
         ("Complete", SCOPE_COMPLETE),
         ("StreamComplete", SCOPE_COMPLETE),
         ("Embed", SCOPE_COMPLETE),
+        ("GenerateImage", SCOPE_COMPLETE),
+        ("Transcribe", SCOPE_COMPLETE),
         ("ListModels", SCOPE_READ),
         ("GetModel", SCOPE_READ),
         ("EstimateCost", SCOPE_READ),
+        ("CountTokens", SCOPE_COMPLETE),
         ("ListUsage", SCOPE_USAGE),
     ],
     checked_by_handler: &[],
@@ -493,6 +497,7 @@ fn capability(name: &str) -> Option<pb::Capability> {
         "transcription" => pb::Capability::Transcription,
         "thinking" => pb::Capability::Thinking,
         "prompt_caching" => pb::Capability::PromptCaching,
+        "timestamps" => pb::Capability::Timestamps,
         _ => return None,
     })
 }
@@ -691,6 +696,147 @@ impl AiService for AiApi {
         }))
     }
 
+    async fn generate_image(
+        &self,
+        request: Request<pb::GenerateImageRequest>,
+    ) -> Result<Response<pb::GenerateImageResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let nonempty = |value: String| Some(value).filter(|v| !v.is_empty());
+        let count = match request.count {
+            0 => 1,
+            n => u32::try_from(n)
+                .map_err(|_| status(AiError::invalid("count", "between 1 and 10")))?,
+        };
+        let delivery = match request.delivery() {
+            pb::ImageDelivery::Unspecified | pb::ImageDelivery::Bytes => ImageDelivery::Bytes,
+            pb::ImageDelivery::Url => ImageDelivery::Url,
+        };
+        let generate = ImageRequest {
+            model: request.model,
+            prompt: request.prompt,
+            count,
+            size: nonempty(request.size),
+            quality: nonempty(request.quality),
+            style: nonempty(request.style),
+            delivery,
+            output_format: nonempty(request.output_format),
+            background: nonempty(request.background),
+            tags: request.tags.into_iter().collect(),
+            end_user_id: nonempty(request.end_user_id),
+        };
+        let response = self
+            .domain
+            .generate_image(&caller, &generate)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GenerateImageResponse {
+            id: response.id,
+            model: response.model,
+            provider: response.provider,
+            deployment: response.deployment,
+            images: response
+                .images
+                .into_iter()
+                .map(|image| pb::GeneratedImage {
+                    image: Some(match image.data {
+                        ImageData::Bytes(data) => pb::generated_image::Image::Data(data),
+                        ImageData::Url(url) => pb::generated_image::Image::Url(url),
+                    }),
+                    mime_type: image.mime_type,
+                    revised_prompt: image.revised_prompt.unwrap_or_default(),
+                })
+                .collect(),
+            usage: Some(usage_to_proto(&response.usage)),
+            cost: Some(usd(response.cost_micros)),
+            attempts: response.attempts.iter().map(attempt_to_proto).collect(),
+            notices: response.notices,
+        }))
+    }
+
+    async fn transcribe(
+        &self,
+        request: Request<tonic::Streaming<pb::TranscribeRequest>>,
+    ) -> Result<Response<pb::TranscribeResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let mut messages = request.into_inner();
+        let invalid = |field: &str, description: &str| status(AiError::invalid(field, description));
+        let Some(pb::transcribe_request::Part::Config(config)) =
+            messages.message().await?.and_then(|m| m.part)
+        else {
+            return Err(invalid("config", "the first message must hold the config"));
+        };
+        let mut audio = bytes::BytesMut::new();
+        while let Some(message) = messages.message().await? {
+            match message.part {
+                Some(pb::transcribe_request::Part::Audio(piece)) => {
+                    if audio.len() + piece.len() > MAX_AUDIO_BYTES {
+                        return Err(invalid(
+                            "audio",
+                            &format!("at most {} MiB", MAX_AUDIO_BYTES / 1024 / 1024),
+                        ));
+                    }
+                    audio.extend_from_slice(&piece);
+                }
+                Some(pb::transcribe_request::Part::Config(_)) => {
+                    return Err(invalid("config", "only the first message holds the config"));
+                }
+                None => {}
+            }
+        }
+        let nonempty = |value: String| Some(value).filter(|v| !v.is_empty());
+        let transcribe = TranscriptionRequest {
+            model: config.model,
+            filename: config.filename,
+            audio: audio.freeze(),
+            language: nonempty(config.language),
+            prompt: nonempty(config.prompt),
+            temperature: Some(config.temperature).filter(|t| *t != 0.0),
+            segment_timestamps: config.segment_timestamps,
+            word_timestamps: config.word_timestamps,
+            tags: config.tags.into_iter().collect(),
+            end_user_id: nonempty(config.end_user_id),
+        };
+        let response = self
+            .domain
+            .transcribe(&caller, &transcribe)
+            .await
+            .map_err(status)?;
+        let transcript = response.transcript;
+        Ok(Response::new(pb::TranscribeResponse {
+            id: response.id,
+            model: response.model,
+            provider: response.provider,
+            deployment: response.deployment,
+            text: transcript.text,
+            language: transcript.language.unwrap_or_default(),
+            duration: transcript.duration.map(duration),
+            segments: transcript
+                .segments
+                .into_iter()
+                .map(|segment| pb::TranscriptSegment {
+                    id: i32::try_from(segment.id).unwrap_or(i32::MAX),
+                    start: Some(duration(segment.start)),
+                    end: Some(duration(segment.end)),
+                    text: segment.text,
+                })
+                .collect(),
+            words: transcript
+                .words
+                .into_iter()
+                .map(|word| pb::TranscriptWord {
+                    word: word.word,
+                    start: Some(duration(word.start)),
+                    end: Some(duration(word.end)),
+                })
+                .collect(),
+            usage: Some(usage_to_proto(&response.usage)),
+            cost: Some(usd(response.cost_micros)),
+            attempts: response.attempts.iter().map(attempt_to_proto).collect(),
+            notices: response.notices,
+        }))
+    }
+
     async fn list_models(
         &self,
         request: Request<pb::ListModelsRequest>,
@@ -739,6 +885,20 @@ impl AiService for AiApi {
             max_output_cost: Some(usd(estimate.max_output_cost_micros)),
             model: estimate.model,
             counting: estimate.counting.as_str().into(),
+        }))
+    }
+
+    async fn count_tokens(
+        &self,
+        request: Request<pb::CountTokensRequest>,
+    ) -> Result<Response<pb::CountTokensResponse>, Status> {
+        let chat = chat_request(request.into_inner().chat.unwrap_or_default())?;
+        let count = self.domain.count_tokens(&chat).await.map_err(status)?;
+        Ok(Response::new(pb::CountTokensResponse {
+            input_tokens: i64::try_from(count.input_tokens).unwrap_or(i64::MAX),
+            model: count.model,
+            counting: count.counting.as_str().into(),
+            notices: count.notices,
         }))
     }
 

@@ -66,14 +66,18 @@ pub async fn open(
     let echo = Arc::new(providers::echo::Echo);
     let openai = Arc::new(providers::openai::OpenAi::new(http.clone(), keys.clone()));
     let gemini = Arc::new(providers::gemini::Gemini::new(http.clone(), keys.clone()));
+    let anthropic = Arc::new(providers::anthropic::Anthropic::new(http, keys));
     let adapters = providers::Adapters {
         chat: vec![
             echo.clone(),
             openai.clone(),
-            Arc::new(providers::anthropic::Anthropic::new(http, keys)),
+            anthropic.clone(),
             gemini.clone(),
         ],
-        embeddings: vec![echo, openai, gemini],
+        embeddings: vec![echo, openai.clone(), gemini.clone()],
+        images: vec![openai.clone()],
+        transcription: vec![openai],
+        token_counters: vec![anthropic, gemini],
     };
     let ai = Ai::new(catalogue, config, adapters, recorder, db);
     Ok(Opened { ai, usage_writer })

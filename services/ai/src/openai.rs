@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP surface on the HTTP edge: `POST /v1/chat/completions` (with
-//! `stream: true` as server-sent events ending in `data: [DONE]`), `POST /v1/embeddings` and
-//! `GET /v1/models`, so the
+//! `stream: true` as server-sent events ending in `data: [DONE]`), `POST /v1/embeddings`,
+//! `POST /v1/images/generations`, `POST /v1/audio/transcriptions` and `GET /v1/models`, so the
 //! official OpenAI SDKs work against Switchyard with its token as their API key. Any catalogue
 //! model of any provider, and every alias, is usable through it.
 
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,12 +27,19 @@ use crate::domain::error::AiError;
 use crate::domain::model::*;
 use crate::domain::service::{Ai, ModelView};
 use crate::domain::tokens;
+use crate::domain::transcription::MAX_AUDIO_BYTES;
 
 /// The routes, behind the same authentication as gRPC.
 pub fn router(ai: Ai, authenticator: Arc<dyn Authenticator>) -> Router {
     let completions = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/images/generations", post(image_generations))
+        .route(
+            "/v1/audio/transcriptions",
+            post(transcriptions).layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY)),
+        )
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             (authenticator.clone(), SCOPE_COMPLETE),
             switchyard_kit::http::require_scope,
@@ -45,6 +52,11 @@ pub fn router(ai: Ai, authenticator: Arc<dyn Authenticator>) -> Router {
         ));
     completions.merge(models).with_state(ai)
 }
+
+/// The largest JSON request body: room for base64 images and documents in a conversation.
+const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
+/// The largest transcription upload: the audio limit and the form around it.
+const MAX_UPLOAD_BODY: usize = MAX_AUDIO_BYTES + 1024 * 1024;
 
 /// An error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`), which the SDKs
 /// parse, with the status of the same error on gRPC.
@@ -384,10 +396,7 @@ async fn chat_completions(
         Ok(parsed) => parsed,
         Err(err) => return openai_error(err),
     };
-    let caller = Caller {
-        tenant: principal.tenant.clone(),
-        subject: principal.subject.clone(),
-    };
+    let caller = caller_of(&principal);
     if !stream {
         return match ai.complete(&caller, &request).await {
             Ok(response) => Json(completion_json(&response)).into_response(),
@@ -536,10 +545,7 @@ async fn embeddings(
         tags: body.metadata,
         end_user_id: body.user,
     };
-    let caller = Caller {
-        tenant: principal.tenant.clone(),
-        subject: principal.subject.clone(),
-    };
+    let caller = caller_of(&principal);
     let response = match ai.embed(&caller, &request).await {
         Ok(response) => response,
         Err(err) => return openai_error(api_error(err)),
@@ -566,6 +572,317 @@ async fn embeddings(
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }))
     .into_response()
+}
+
+/// An image generation request as OpenAI documents it.
+#[derive(Debug, Deserialize)]
+struct ImagesRequest {
+    model: Option<String>,
+    prompt: String,
+    n: Option<u32>,
+    size: Option<String>,
+    quality: Option<String>,
+    style: Option<String>,
+    response_format: Option<String>,
+    output_format: Option<String>,
+    background: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+async fn image_generations(
+    State(ai): State<Ai>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: ImagesRequest = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            return openai_error(invalid(
+                "body",
+                &format!("not an image generation request: {err}"),
+            ));
+        }
+    };
+    let delivery = match body.response_format.as_deref() {
+        None => ImageDelivery::ModelDefault,
+        Some("url") => ImageDelivery::Url,
+        Some("b64_json") => ImageDelivery::Bytes,
+        Some(_) => return openai_error(invalid("response_format", "url or b64_json")),
+    };
+    // OpenAI's default model, which Switchyard does not serve, is never picked silently.
+    let Some(model) = body.model else {
+        return openai_error(invalid("model", "is required"));
+    };
+    let request = ImageRequest {
+        model,
+        prompt: body.prompt,
+        count: body.n.unwrap_or(1),
+        size: body.size,
+        quality: body.quality,
+        style: body.style,
+        delivery,
+        output_format: body.output_format,
+        background: body.background,
+        tags: body.metadata,
+        end_user_id: body.user,
+    };
+    let response = match ai.generate_image(&caller_of(&principal), &request).await {
+        Ok(response) => response,
+        Err(err) => return openai_error(api_error(err)),
+    };
+    let data: Vec<Value> = response
+        .images
+        .iter()
+        .map(|image| {
+            let mut item = match &image.data {
+                ImageData::Url(url) => json!({ "url": url }),
+                ImageData::Bytes(bytes) => json!({ "b64_json": STANDARD.encode(bytes) }),
+            };
+            if let Some(revised) = &image.revised_prompt {
+                item["revised_prompt"] = json!(revised);
+            }
+            item
+        })
+        .collect();
+    let mut answer = json!({ "created": response.created, "data": data });
+    if response.usage != Usage::default() {
+        answer["usage"] = json!({
+            "input_tokens": response.usage.input_tokens,
+            "output_tokens": response.usage.output_tokens,
+            "total_tokens": response.usage.input_tokens + response.usage.output_tokens,
+            "input_tokens_details": { "text_tokens": response.usage.input_tokens, "image_tokens": 0 },
+        });
+    }
+    Json(answer).into_response()
+}
+
+fn caller_of(principal: &Principal) -> Caller {
+    Caller {
+        tenant: principal.tenant.clone(),
+        subject: principal.subject.clone(),
+    }
+}
+
+/// How a transcript is returned over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TranscriptFormat {
+    Json,
+    Text,
+    VerboseJson,
+    Srt,
+    Vtt,
+}
+
+/// The fields of a transcription form, as OpenAI documents them.
+async fn transcription_request(
+    mut form: Multipart,
+) -> Result<(TranscriptionRequest, TranscriptFormat), ApiError> {
+    let mut request = TranscriptionRequest::default();
+    let mut format = TranscriptFormat::Json;
+    let mut granularities = Vec::new();
+    let bad_form = |err: axum::extract::multipart::MultipartError| {
+        invalid(
+            "body",
+            &format!("not a multipart form: {}", err.body_text()),
+        )
+    };
+    while let Some(field) = form.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            request.filename = field.file_name().unwrap_or_default().to_owned();
+            request.audio = field.bytes().await.map_err(bad_form)?;
+            continue;
+        }
+        let value = field.text().await.map_err(bad_form)?;
+        match name.as_str() {
+            "model" => request.model = value,
+            "language" => request.language = Some(value),
+            "prompt" => request.prompt = Some(value),
+            "temperature" => {
+                request.temperature = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid("temperature", "a number between 0 and 1"))?,
+                );
+            }
+            "response_format" => {
+                format = match value.as_str() {
+                    "json" => TranscriptFormat::Json,
+                    "text" => TranscriptFormat::Text,
+                    "verbose_json" => TranscriptFormat::VerboseJson,
+                    "srt" => TranscriptFormat::Srt,
+                    "vtt" => TranscriptFormat::Vtt,
+                    _ => {
+                        return Err(invalid(
+                            "response_format",
+                            "json, text, verbose_json, srt or vtt",
+                        ));
+                    }
+                };
+            }
+            "timestamp_granularities[]" | "timestamp_granularities" => granularities.push(value),
+            "stream" if value == "false" => {}
+            "stream" => {
+                return Err(invalid(
+                    "stream",
+                    "streamed transcripts are not supported; leave stream unset",
+                ));
+            }
+            "user" => request.end_user_id = Some(value),
+            other => {
+                return Err(invalid(
+                    other,
+                    "is not a transcription parameter Switchyard supports",
+                ));
+            }
+        }
+    }
+    if request.model.is_empty() {
+        return Err(invalid("model", "is required"));
+    }
+    if request.audio.is_empty() {
+        return Err(invalid("file", "is required"));
+    }
+    if !granularities.is_empty() && format != TranscriptFormat::VerboseJson {
+        return Err(invalid(
+            "timestamp_granularities",
+            "needs response_format verbose_json",
+        ));
+    }
+    for granularity in &granularities {
+        match granularity.as_str() {
+            "segment" => request.segment_timestamps = true,
+            "word" => request.word_timestamps = true,
+            _ => return Err(invalid("timestamp_granularities", "segment or word")),
+        }
+    }
+    // Subtitles and the verbose answer are made of segments, OpenAI's default granularity.
+    if matches!(format, TranscriptFormat::Srt | TranscriptFormat::Vtt)
+        || (format == TranscriptFormat::VerboseJson && granularities.is_empty())
+    {
+        request.segment_timestamps = true;
+    }
+    Ok((request, format))
+}
+
+/// `HH:MM:SS` and milliseconds after `separator`, as SubRip (`,`) and WebVTT (`.`) write times.
+fn subtitle_time(at: std::time::Duration, separator: char) -> String {
+    let millis = at.as_millis();
+    format!(
+        "{:02}:{:02}:{:02}{separator}{:03}",
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1000 % 60,
+        millis % 1000
+    )
+}
+
+fn transcript_answer(response: &TranscriptionResponse, format: TranscriptFormat) -> Response {
+    let transcript = &response.transcript;
+    let text_response = |body: String| {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response()
+    };
+    match format {
+        TranscriptFormat::Text => text_response(format!("{}\n", transcript.text)),
+        TranscriptFormat::Srt => text_response(
+            transcript
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(index, s)| {
+                    format!(
+                        "{}\n{} --> {}\n{}\n\n",
+                        index + 1,
+                        subtitle_time(s.start, ','),
+                        subtitle_time(s.end, ','),
+                        s.text.trim()
+                    )
+                })
+                .collect(),
+        ),
+        TranscriptFormat::Vtt => text_response(
+            std::iter::once("WEBVTT\n\n".to_owned())
+                .chain(transcript.segments.iter().map(|s| {
+                    format!(
+                        "{} --> {}\n{}\n\n",
+                        subtitle_time(s.start, '.'),
+                        subtitle_time(s.end, '.'),
+                        s.text.trim()
+                    )
+                }))
+                .collect(),
+        ),
+        TranscriptFormat::Json => {
+            let mut answer = json!({ "text": transcript.text });
+            if response.usage != Usage::default() {
+                answer["usage"] = json!({
+                    "type": "tokens",
+                    "input_tokens": response.usage.input_tokens,
+                    "output_tokens": response.usage.output_tokens,
+                    "total_tokens": response.usage.input_tokens + response.usage.output_tokens,
+                });
+            } else if let Some(duration) = transcript.duration {
+                answer["usage"] =
+                    json!({ "type": "duration", "seconds": duration.as_secs_f64().ceil() });
+            }
+            Json(answer).into_response()
+        }
+        TranscriptFormat::VerboseJson => {
+            let segments: Vec<Value> = transcript
+                .segments
+                .iter()
+                .map(|s| json!({ "id": s.id, "start": s.start.as_secs_f64(), "end": s.end.as_secs_f64(), "text": s.text }))
+                .collect();
+            let mut answer = json!({
+                "task": "transcribe",
+                "language": transcript.language,
+                "duration": transcript.duration.map(|d| d.as_secs_f64()),
+                "text": transcript.text,
+                "segments": segments,
+            });
+            if !transcript.words.is_empty() {
+                answer["words"] = transcript
+                    .words
+                    .iter()
+                    .map(|w| json!({ "word": w.word, "start": w.start.as_secs_f64(), "end": w.end.as_secs_f64() }))
+                    .collect();
+            }
+            Json(answer).into_response()
+        }
+    }
+}
+
+async fn transcriptions(
+    State(ai): State<Ai>,
+    Extension(principal): Extension<Principal>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let form = match form {
+        Ok(form) => form,
+        Err(err) => {
+            return openai_error(invalid(
+                "body",
+                &format!("not a multipart form: {}", err.body_text()),
+            ));
+        }
+    };
+    let (request, format) = match transcription_request(form).await {
+        Ok(parsed) => parsed,
+        Err(err) => return openai_error(err),
+    };
+    match ai.transcribe(&caller_of(&principal), &request).await {
+        Ok(response) => transcript_answer(&response, format),
+        Err(err) => openai_error(api_error(err)),
+    }
 }
 
 async fn list_models(State(ai): State<Ai>) -> Response {

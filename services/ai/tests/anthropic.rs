@@ -14,10 +14,11 @@ use switchyard_ai::config::{AiConfig, DeploymentConfig};
 use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
+use switchyard_ai::domain::tokens::Counting;
 use switchyard_ai::providers::anthropic::Anthropic;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::keys::StaticKeys;
-use switchyard_ai::providers::{ChatProvider, ProviderError};
+use switchyard_ai::providers::{Adapters, ProviderError};
 use switchyard_ai::{Ai, COMPONENT, usage};
 use switchyard_store::testing;
 use switchyard_testkit::fake_anthropic::{FakeAnthropic, Reply};
@@ -59,14 +60,16 @@ async fn fixture() -> Fixture {
         "credentials/anthropic".to_owned(),
         SecretString::from("sk-ant-test"),
     )]));
-    let providers: Vec<Arc<dyn ChatProvider>> = vec![
-        Arc::new(Echo),
-        Arc::new(Anthropic::new(reqwest::Client::new(), keys)),
-    ];
+    let anthropic = Arc::new(Anthropic::new(reqwest::Client::new(), keys));
+    let adapters = Adapters {
+        chat: vec![Arc::new(Echo), anthropic.clone()],
+        token_counters: vec![anthropic],
+        ..Adapters::default()
+    };
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
         &config,
-        providers.into(),
+        adapters,
         recorder,
         db,
     );
@@ -377,4 +380,41 @@ async fn errors_map_and_overload_falls_back() {
     let mut request = ask("claude-haiku-4-5", "json");
     request.response_format = ResponseFormat::JsonObject;
     assert!(f.ai.complete(&caller(), &request).await.is_err());
+}
+
+#[tokio::test]
+async fn count_tokens_asks_anthropic_and_falls_back_to_the_estimate_with_a_notice() {
+    let f = fixture().await;
+    let mut request = ask("claude-haiku-4-5", "count these five words");
+    request.messages.retain(|m| m.role != Role::System);
+    request.messages.insert(
+        0,
+        Message {
+            role: Role::System,
+            parts: vec![Part::text("be brief")],
+            name: None,
+        },
+    );
+    request.max_output_tokens = Some(100);
+    request.temperature = Some(0.5);
+    let count = f.ai.count_tokens(&request).await.unwrap();
+    assert_eq!(count.counting, Counting::Provider);
+    assert_eq!(count.model, "claude-haiku-4-5");
+    // The fake counts words: four of the user's, two of the system prompt.
+    assert_eq!(count.input_tokens, 6);
+    assert!(count.notices.is_empty());
+    let sent = f.fake.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages/count_tokens");
+    assert_eq!(sent.body["system"], "be brief");
+    assert!(sent.body.get("max_tokens").is_none() && sent.body.get("temperature").is_none());
+
+    f.fake.push(FakeAnthropic::overloaded());
+    let count = f.ai.count_tokens(&request).await.unwrap();
+    assert_eq!(count.counting, Counting::Estimate);
+    assert!(count.input_tokens > 0);
+    assert!(
+        count.notices[0].contains("count endpoint failed"),
+        "{:?}",
+        count.notices
+    );
 }

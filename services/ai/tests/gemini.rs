@@ -14,6 +14,7 @@ use switchyard_ai::config::{AiConfig, DeploymentConfig};
 use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
+use switchyard_ai::domain::tokens::Counting;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::gemini::Gemini;
 use switchyard_ai::providers::keys::StaticKeys;
@@ -75,7 +76,9 @@ async fn fixture() -> Fixture {
     let gemini = Arc::new(Gemini::new(reqwest::Client::new(), keys));
     let adapters = Adapters {
         chat: vec![Arc::new(Echo), gemini.clone()],
-        embeddings: vec![gemini],
+        embeddings: vec![gemini.clone()],
+        token_counters: vec![gemini],
+        ..Adapters::default()
     };
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
@@ -402,5 +405,38 @@ async fn the_palm_embedding_model_resolves_to_gemini_embeddings_with_a_notice() 
             .any(|n| n.contains("embedding-gecko-001 is deprecated")),
         "{:?}",
         response.notices
+    );
+}
+
+#[tokio::test]
+async fn count_tokens_asks_gemini_with_the_whole_request() {
+    let f = fixture().await;
+    let mut request = ask("gemini-2.5-flash-lite", "count these five words");
+    request.messages.retain(|m| m.role != Role::System);
+    request.messages.insert(
+        0,
+        Message {
+            role: Role::System,
+            parts: vec![Part::text("be brief")],
+            name: None,
+        },
+    );
+    let count = f.ai.count_tokens(&request).await.unwrap();
+    assert_eq!(
+        (count.counting, count.input_tokens),
+        (Counting::Provider, 6)
+    );
+    let sent = f.fake.requests().pop().unwrap();
+    assert!(
+        sent.path
+            .ends_with("/models/gemini-2.5-flash-lite:countTokens"),
+        "{}",
+        sent.path
+    );
+    let generate = &sent.body["generateContentRequest"];
+    assert_eq!(generate["model"], "models/gemini-2.5-flash-lite");
+    assert_eq!(
+        generate["systemInstruction"]["parts"][0]["text"],
+        "be brief"
     );
 }

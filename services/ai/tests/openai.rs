@@ -88,7 +88,10 @@ async fn fixture() -> Fixture {
     let openai = Arc::new(OpenAi::new(reqwest::Client::new(), keys));
     let adapters = Adapters {
         chat: vec![Arc::new(Echo), openai.clone()],
-        embeddings: vec![Arc::new(Echo), openai],
+        embeddings: vec![Arc::new(Echo), openai.clone()],
+        images: vec![openai.clone()],
+        transcription: vec![openai],
+        ..Adapters::default()
     };
     let ai = Ai::new(
         Catalogue::load(&config.models).unwrap(),
@@ -573,4 +576,22 @@ async fn a_failing_embedding_deployment_falls_back_and_every_attempt_is_recorded
     );
     assert!(records.iter().all(|r| r.tags["team"] == "search"));
     assert_eq!(records[1].id, records[2].request_id);
+}
+
+#[tokio::test]
+async fn openai_models_are_counted_locally_with_their_tokenizer() {
+    let f = fixture().await;
+    let count =
+        f.ai.count_tokens(&ask("gpt-4o-mini", "hello world"))
+            .await
+            .unwrap();
+    assert_eq!(
+        count.counting,
+        switchyard_ai::domain::tokens::Counting::Tokenizer
+    );
+    assert_eq!(count.input_tokens, 3 + 3 + 2);
+    assert!(
+        f.fake.requests().is_empty(),
+        "no request leaves for a local count"
+    );
 }

@@ -1,6 +1,6 @@
 //! The cost of a call, from normalized usage and catalogue prices, in integer micro-USD.
 
-use super::catalogue::Prices;
+use super::catalogue::{ModelEntry, Prices};
 use super::model::Usage;
 
 /// Tokens per priced block.
@@ -25,6 +25,29 @@ pub fn cost_micros(usage: &Usage, prices: &Prices) -> i64 {
     i64::try_from((total + PER / 2) / PER).unwrap_or(i64::MAX)
 }
 
+fn usd_to_micros(usd: f64) -> i64 {
+    (usd * 1_000_000.0).round() as i64
+}
+
+/// The cost of `count` images of `size` at `quality` by the catalogue's per-image prices: the
+/// price of that size and quality, else the model's one price per image, else nothing.
+pub fn image_cost_micros(entry: &ModelEntry, size: &str, quality: &str, count: usize) -> i64 {
+    let each = entry
+        .image_prices
+        .get(&format!("{size}/{quality}"))
+        .copied()
+        .or(entry.per_image)
+        .map_or(0, usd_to_micros);
+    each.saturating_mul(i64::try_from(count).unwrap_or(i64::MAX))
+}
+
+/// The cost of `seconds` of audio at the model's price per minute.
+pub fn audio_cost_micros(entry: &ModelEntry, seconds: f64) -> i64 {
+    entry
+        .per_audio_minute
+        .map_or(0, |per_minute| usd_to_micros(per_minute * seconds / 60.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +60,20 @@ mod tests {
             cache_write: 3_750_000,
             long_context: None,
         }
+    }
+
+    #[test]
+    fn images_are_priced_by_size_and_quality_and_audio_by_the_minute() {
+        let catalogue = super::super::catalogue::Catalogue::load(&Default::default()).unwrap();
+        let dalle = &catalogue.models["dall-e-3"];
+        assert_eq!(image_cost_micros(dalle, "1024x1792", "hd", 1), 120_000);
+        assert_eq!(image_cost_micros(dalle, "1024x1024", "standard", 1), 40_000);
+        // A size the table lacks falls back to the model's one price.
+        assert_eq!(image_cost_micros(dalle, "512x512", "standard", 2), 80_000);
+        let whisper = &catalogue.models["whisper-1"];
+        // $0.006 a minute: 90 s = $0.009.
+        assert_eq!(audio_cost_micros(whisper, 90.0), 9_000);
+        assert_eq!(audio_cost_micros(&catalogue.models["gpt-4o"], 90.0), 0);
     }
 
     #[test]

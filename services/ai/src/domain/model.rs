@@ -299,6 +299,178 @@ pub struct EmbedResponse {
     pub notices: Vec<String>,
 }
 
+/// How generated images come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageDelivery {
+    /// What the model gives by default: a URL for DALL-E models, the bytes for the others
+    /// (OpenAI's HTTP default).
+    #[default]
+    ModelDefault,
+    /// The bytes.
+    Bytes,
+    /// A URL at the provider.
+    Url,
+}
+
+/// An image generation request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageRequest {
+    /// An image model or an alias.
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// How many images.
+    pub count: u32,
+    /// WIDTHxHEIGHT or `auto`.
+    pub size: Option<String>,
+    /// The model's quality names.
+    pub quality: Option<String>,
+    /// `vivid` or `natural` (DALL-E 3).
+    pub style: Option<String>,
+    /// Bytes or URL.
+    pub delivery: ImageDelivery,
+    /// `png`, `jpeg` or `webp`.
+    pub output_format: Option<String>,
+    /// `transparent`, `opaque` or `auto`.
+    pub background: Option<String>,
+    /// Tags for cost allocation.
+    pub tags: BTreeMap<String, String>,
+    /// The end user.
+    pub end_user_id: Option<String>,
+}
+
+/// Where a generated image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageData {
+    /// Its bytes.
+    Bytes(Vec<u8>),
+    /// A URL at the provider.
+    Url(String),
+}
+
+/// A generated image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The image.
+    pub data: ImageData,
+    /// `image/png`, `image/jpeg` or `image/webp`.
+    pub mime_type: String,
+    /// The prompt the model used, where it rewrites prompts.
+    pub revised_prompt: Option<String>,
+}
+
+/// Generated images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageResponse {
+    /// The call's id.
+    pub id: String,
+    /// The catalogue model.
+    pub model: String,
+    /// The provider.
+    pub provider: String,
+    /// The deployment.
+    pub deployment: String,
+    /// The images.
+    pub images: Vec<Image>,
+    /// Tokens, where the provider reports them.
+    pub usage: Usage,
+    /// Cost of every attempt, in micro-USD.
+    pub cost_micros: i64,
+    /// Every try.
+    pub attempts: Vec<Attempt>,
+    /// Notices, such as deprecations.
+    pub notices: Vec<String>,
+    /// Unix time of creation, in seconds.
+    pub created: i64,
+}
+
+/// A transcription request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TranscriptionRequest {
+    /// A transcription model or an alias.
+    pub model: String,
+    /// The file's name; its extension names the format.
+    pub filename: String,
+    /// The recording.
+    pub audio: bytes::Bytes,
+    /// ISO-639-1 language.
+    pub language: Option<String>,
+    /// Guiding text.
+    pub prompt: Option<String>,
+    /// Sampling temperature, 0 to 1.
+    pub temperature: Option<f32>,
+    /// Segment timestamps.
+    pub segment_timestamps: bool,
+    /// Word timestamps.
+    pub word_timestamps: bool,
+    /// Tags for cost allocation.
+    pub tags: BTreeMap<String, String>,
+    /// The end user.
+    pub end_user_id: Option<String>,
+}
+
+/// A timestamped stretch of a transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Its position, from 0.
+    pub id: u32,
+    /// Start in the audio.
+    pub start: Duration,
+    /// End in the audio.
+    pub end: Duration,
+    /// Its text.
+    pub text: String,
+}
+
+/// A timestamped word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word.
+    pub word: String,
+    /// Start in the audio.
+    pub start: Duration,
+    /// End in the audio.
+    pub end: Duration,
+}
+
+/// What a recording says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transcript {
+    /// The text.
+    pub text: String,
+    /// The language, where reported.
+    pub language: Option<String>,
+    /// The audio's length, where reported.
+    pub duration: Option<Duration>,
+    /// Segments, if asked for.
+    pub segments: Vec<Segment>,
+    /// Words, if asked for.
+    pub words: Vec<Word>,
+}
+
+/// A transcription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptionResponse {
+    /// The call's id.
+    pub id: String,
+    /// The catalogue model.
+    pub model: String,
+    /// The provider.
+    pub provider: String,
+    /// The deployment.
+    pub deployment: String,
+    /// The transcript.
+    pub transcript: Transcript,
+    /// Tokens, where the provider reports them.
+    pub usage: Usage,
+    /// Cost of every attempt, in micro-USD.
+    pub cost_micros: i64,
+    /// Every try.
+    pub attempts: Vec<Attempt>,
+    /// Notices, such as deprecations.
+    pub notices: Vec<String>,
+}
+
 /// How a conversation too long for the context window is shortened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Truncation {

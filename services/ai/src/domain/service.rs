@@ -23,8 +23,8 @@ use super::quota::{Exceeded, Quotas};
 use super::tokens;
 use crate::config::AiConfig;
 use crate::providers::{
-    Adapters, ChatProvider, Deployment, EmbeddingProvider, ProviderError, ProviderEvent,
-    ProviderResponse,
+    Adapters, ChatProvider, Deployment, EmbeddingProvider, ImageProvider, ProviderError,
+    ProviderEvent, ProviderResponse, TokenCounter, TranscriptionProvider,
 };
 use crate::usage::{self, UsageFilter, UsageRecord, UsageRecorder};
 
@@ -134,6 +134,9 @@ struct Inner {
     aliases: BTreeMap<String, Vec<String>>,
     chat: HashMap<&'static str, Arc<dyn ChatProvider>>,
     embedders: HashMap<&'static str, Arc<dyn EmbeddingProvider>>,
+    imagers: HashMap<&'static str, Arc<dyn ImageProvider>>,
+    transcribers: HashMap<&'static str, Arc<dyn TranscriptionProvider>>,
+    counters: HashMap<&'static str, Arc<dyn TokenCounter>>,
     recorder: UsageRecorder,
     db: Db,
     breakers: Breakers,
@@ -196,6 +199,17 @@ impl Ai {
                 chat: adapters.chat.into_iter().map(|p| (p.name(), p)).collect(),
                 embedders: adapters
                     .embeddings
+                    .into_iter()
+                    .map(|p| (p.name(), p))
+                    .collect(),
+                imagers: adapters.images.into_iter().map(|p| (p.name(), p)).collect(),
+                transcribers: adapters
+                    .transcription
+                    .into_iter()
+                    .map(|p| (p.name(), p))
+                    .collect(),
+                counters: adapters
+                    .token_counters
                     .into_iter()
                     .map(|p| (p.name(), p))
                     .collect(),
@@ -395,14 +409,17 @@ impl Ai {
 
     /// The embeddings adapter of a step's provider.
     pub(super) fn embedder(&self, step: &Step) -> Result<Arc<dyn EmbeddingProvider>> {
-        self.inner
-            .embedders
-            .get(step.deployment.provider.as_str())
-            .cloned()
-            .ok_or_else(|| AiError::Unsupported {
-                feature: "embeddings".to_owned(),
-                target: format!("provider {}", step.deployment.provider),
-            })
+        adapter(&self.inner.embedders, step, "embeddings")
+    }
+
+    /// The image adapter of a step's provider.
+    pub(super) fn imager(&self, step: &Step) -> Result<Arc<dyn ImageProvider>> {
+        adapter(&self.inner.imagers, step, "image generation")
+    }
+
+    /// The transcription adapter of a step's provider.
+    pub(super) fn transcriber(&self, step: &Step) -> Result<Arc<dyn TranscriptionProvider>> {
+        adapter(&self.inner.transcribers, step, "transcription")
     }
 
     fn provider(&self, step: &Step) -> Result<&Arc<dyn ChatProvider>> {
@@ -922,6 +939,46 @@ impl Ai {
         })
     }
 
+    /// The input tokens of a request for the first deployment of its plan: the provider's count
+    /// endpoint where it has one (falling back to the local count, with a notice, if that
+    /// fails), else the local count (tiktoken for OpenAI, the estimate for the others).
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<TokenCount> {
+        let (steps, mut notices) = self.plan(&request.model)?;
+        let step = steps
+            .first()
+            .ok_or_else(|| AiError::NoDeployment(request.model.clone()))?;
+        let (deployment, provider) = (&step.deployment, step.deployment.provider.as_str());
+        if let Some(counter) = self.inner.counters.get(provider) {
+            let counted = tokio::time::timeout(
+                deployment.timeout,
+                counter.count_tokens(deployment, request),
+            )
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+            match counted {
+                Ok(input_tokens) => {
+                    return Ok(TokenCount {
+                        model: step.model.clone(),
+                        input_tokens,
+                        counting: tokens::Counting::Provider,
+                        notices,
+                    });
+                }
+                Err(err) => notices.push(format!(
+                    "{provider}'s count endpoint failed ({err}); the count is local"
+                )),
+            }
+        }
+        let (input_tokens, counting) =
+            tokens::count_request(request, provider, &deployment.provider_model);
+        Ok(TokenCount {
+            model: step.model.clone(),
+            input_tokens,
+            counting,
+            notices,
+        })
+    }
+
     /// The tenant's usage records, newest first.
     pub async fn list_usage(
         &self,
@@ -981,6 +1038,19 @@ pub enum ModelView<'a> {
     },
 }
 
+/// What CountTokens answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCount {
+    /// The model counted for.
+    pub model: String,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// How they were counted.
+    pub counting: tokens::Counting,
+    /// Why a provider count fell back to the local one.
+    pub notices: Vec<String>,
+}
+
 /// What EstimateCost answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Estimate {
@@ -996,6 +1066,21 @@ pub struct Estimate {
     pub input_cost_micros: i64,
     /// Most the output could cost.
     pub max_output_cost_micros: i64,
+}
+
+/// A step's provider's adapter of one capability; a provider without one cannot serve the step.
+fn adapter<T: ?Sized>(
+    adapters: &HashMap<&'static str, Arc<T>>,
+    step: &Step,
+    feature: &str,
+) -> Result<Arc<T>> {
+    adapters
+        .get(step.deployment.provider.as_str())
+        .cloned()
+        .ok_or_else(|| AiError::Unsupported {
+            feature: feature.to_owned(),
+            target: format!("provider {}", step.deployment.provider),
+        })
 }
 
 fn attempt(step: &Step, result_code: &str, error: String, latency: Duration) -> Attempt {

@@ -11,6 +11,8 @@ pub enum Counting {
     Tokenizer,
     /// Four characters a token.
     Estimate,
+    /// The provider's count endpoint.
+    Provider,
 }
 
 impl Counting {
@@ -19,6 +21,7 @@ impl Counting {
         match self {
             Counting::Tokenizer => "tokenizer",
             Counting::Estimate => "estimate",
+            Counting::Provider => "provider",
         }
     }
 }

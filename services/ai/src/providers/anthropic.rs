@@ -23,6 +23,7 @@ use super::keys::KeySource;
 use super::sse;
 use super::{
     ChatProvider, Deployment, EventStream, ProviderError, ProviderEvent, ProviderResponse,
+    TokenCounter,
 };
 use crate::domain::model::*;
 
@@ -32,6 +33,15 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` is required by Anthropic; this is used when a request sets none.
 const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// The fields of a Messages body that `count_tokens` takes.
+const COUNTED_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+];
 
 /// The Anthropic adapter.
 #[derive(Debug)]
@@ -51,6 +61,16 @@ impl Anthropic {
         deployment: &Deployment,
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
+        self.send_to(deployment, "messages", body).await
+    }
+
+    /// Sends `body` to `/v1/{path}` with the key and version headers.
+    async fn send_to(
+        &self,
+        deployment: &Deployment,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, ProviderError> {
         let credential = deployment.credential.as_deref().ok_or_else(|| {
             ProviderError::Other(format!("deployment {} has no credential", deployment.name))
         })?;
@@ -62,7 +82,7 @@ impl Anthropic {
         };
         let response = self
             .http
-            .post(format!("{base}/v1/messages"))
+            .post(format!("{base}/v1/{path}"))
             .header("x-api-key", key.expose_secret())
             .header("anthropic-version", API_VERSION)
             .timeout(deployment.timeout)
@@ -379,6 +399,37 @@ pub fn response_of(body: &Value) -> Result<ProviderResponse, ProviderError> {
         usage: usage(&body["usage"]),
         notices: Vec::new(),
     })
+}
+
+#[async_trait]
+impl TokenCounter for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    /// `POST /v1/messages/count_tokens`, with the fields of the Messages body it takes.
+    async fn count_tokens(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        let mut body = request_body(deployment, request, false)?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.retain(|key, _| COUNTED_FIELDS.contains(&key.as_str()));
+        }
+        let response = self
+            .send_to(deployment, "messages/count_tokens", &body)
+            .await?;
+        let answer: Value = response.json().await.map_err(|err| {
+            ProviderError::Other(format!(
+                "the response does not decode: {}",
+                err.without_url()
+            ))
+        })?;
+        answer["input_tokens"]
+            .as_u64()
+            .ok_or_else(|| ProviderError::Other("the count has no input_tokens".into()))
+    }
 }
 
 #[async_trait]

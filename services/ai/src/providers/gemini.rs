@@ -18,7 +18,7 @@ use super::keys::KeySource;
 use super::sse;
 use super::{
     ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
-    ProviderEvent, ProviderResponse,
+    ProviderEvent, ProviderResponse, TokenCounter,
 };
 use crate::domain::model::*;
 use crate::domain::tokens;
@@ -455,6 +455,29 @@ impl ChatProvider for Gemini {
             .send(deployment, "streamGenerateContent?alt=sse", &body)
             .await?;
         Ok(stream_events(sse::events(response)))
+    }
+}
+
+#[async_trait]
+impl TokenCounter for Gemini {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+
+    /// `models/{model}:countTokens` over the whole `generateContentRequest`, so that the system
+    /// instruction and tools are counted too.
+    async fn count_tokens(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<u64, ProviderError> {
+        let mut generate = request_body(request)?;
+        generate["model"] = json!(format!("models/{}", deployment.provider_model));
+        let body = json!({ "generateContentRequest": generate });
+        let answer = self.call(deployment, "countTokens", &body).await?;
+        answer["totalTokens"]
+            .as_u64()
+            .ok_or_else(|| ProviderError::Other("the count has no totalTokens".into()))
     }
 }
 

@@ -13,7 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::domain::model::{ChatRequest, Delta, EmbedRequest, FinishReason, Message, Usage};
+use crate::domain::model::{
+    ChatRequest, Delta, EmbedRequest, FinishReason, Image, ImageRequest, Message, Transcript,
+    TranscriptionRequest, Usage,
+};
 
 /// A configured place to send requests: a provider, its model name, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +198,70 @@ pub trait EmbeddingProvider: Send + Sync + std::fmt::Debug {
     ) -> Result<Embeddings, ProviderError>;
 }
 
+/// What an image provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedImages {
+    /// The images.
+    pub images: Vec<Image>,
+    /// Tokens, for models that report them (GPT image models); the call is priced by them.
+    pub usage: Option<Usage>,
+}
+
+/// One provider's image generation adapter.
+#[async_trait]
+pub trait ImageProvider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, as deployments name it.
+    fn name(&self) -> &'static str;
+
+    /// Images from a prompt.
+    async fn generate(
+        &self,
+        deployment: &Deployment,
+        request: &ImageRequest,
+    ) -> Result<GeneratedImages, ProviderError>;
+}
+
+/// What a transcription provider answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcribed {
+    /// The transcript.
+    pub transcript: Transcript,
+    /// Tokens, for models that report them (GPT-4o transcription); the call is priced by them.
+    pub usage: Option<Usage>,
+    /// Seconds of audio billed, for models billed by the minute.
+    pub billed_seconds: Option<f64>,
+}
+
+/// One provider's transcription adapter.
+#[async_trait]
+pub trait TranscriptionProvider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, as deployments name it.
+    fn name(&self) -> &'static str;
+
+    /// The transcript of a recording. `timestamps`: the model gives segment and word timing, so
+    /// ask for its detailed answer.
+    async fn transcribe(
+        &self,
+        deployment: &Deployment,
+        request: &TranscriptionRequest,
+        timestamps: bool,
+    ) -> Result<Transcribed, ProviderError>;
+}
+
+/// One provider's token count endpoint.
+#[async_trait]
+pub trait TokenCounter: Send + Sync + std::fmt::Debug {
+    /// The provider's name, as deployments name it.
+    fn name(&self) -> &'static str;
+
+    /// The input tokens of a request, as the provider counts them.
+    async fn count_tokens(
+        &self,
+        deployment: &Deployment,
+        request: &ChatRequest,
+    ) -> Result<u64, ProviderError>;
+}
+
 /// The adapters of every capability, by provider.
 #[derive(Debug, Default)]
 pub struct Adapters {
@@ -202,6 +269,12 @@ pub struct Adapters {
     pub chat: Vec<std::sync::Arc<dyn ChatProvider>>,
     /// Embeddings.
     pub embeddings: Vec<std::sync::Arc<dyn EmbeddingProvider>>,
+    /// Image generation.
+    pub images: Vec<std::sync::Arc<dyn ImageProvider>>,
+    /// Transcription.
+    pub transcription: Vec<std::sync::Arc<dyn TranscriptionProvider>>,
+    /// Token counting.
+    pub token_counters: Vec<std::sync::Arc<dyn TokenCounter>>,
 }
 
 impl From<Vec<std::sync::Arc<dyn ChatProvider>>> for Adapters {

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use super::keys::KeySource;
 use super::sse;
 use super::{
-    ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
-    ProviderEvent, ProviderResponse,
+    ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, GeneratedImages,
+    ImageProvider, ProviderError, ProviderEvent, ProviderResponse, Transcribed,
+    TranscriptionProvider,
 };
 use crate::domain::model::*;
 
@@ -61,6 +62,7 @@ impl OpenAi {
             .timeout(deployment.timeout);
         request = match body {
             Body::Json(value) => request.json(value),
+            Body::Form(form) => request.multipart(form),
         };
         if let Some(organization) = &deployment.organization {
             request = request.header("OpenAI-Organization", organization);
@@ -91,6 +93,7 @@ impl OpenAi {
 /// A request body.
 enum Body<'a> {
     Json(&'a Value),
+    Form(reqwest::multipart::Form),
 }
 
 async fn decode(response: reqwest::Response) -> Result<Value, ProviderError> {
@@ -514,6 +517,257 @@ impl EmbeddingProvider for OpenAi {
             &self.call(deployment, "embeddings", &body).await?,
             request.inputs.len(),
         )
+    }
+}
+
+/// The body of `POST /v1/images/generations`. DALL-E models and GPT image models take different
+/// parameters; one a model does not take is refused here rather than sent.
+pub fn image_body(deployment: &Deployment, request: &ImageRequest) -> Result<Value, ProviderError> {
+    let model = deployment.provider_model.as_str();
+    let unsupported = |feature: &str| ProviderError::Unsupported {
+        feature: feature.to_owned(),
+        provider: format!("openai {model}"),
+    };
+    let mut body = json!({ "model": model, "prompt": request.prompt, "n": request.count });
+    if model.starts_with("dall-e") {
+        if model == "dall-e-3" && request.count > 1 {
+            return Err(unsupported("count > 1"));
+        }
+        if request.output_format.is_some() {
+            return Err(unsupported("output_format"));
+        }
+        if request.background.is_some() {
+            return Err(unsupported("background"));
+        }
+        let format = match request.delivery {
+            ImageDelivery::Bytes => "b64_json",
+            ImageDelivery::Url | ImageDelivery::ModelDefault => "url",
+        };
+        body["response_format"] = json!(format);
+        if let Some(style) = &request.style {
+            body["style"] = json!(style);
+        }
+    } else {
+        // GPT image models always answer with the bytes.
+        if request.delivery == ImageDelivery::Url {
+            return Err(unsupported("delivery = URL"));
+        }
+        if request.style.is_some() {
+            return Err(unsupported("style"));
+        }
+        if let Some(format) = &request.output_format {
+            body["output_format"] = json!(format);
+        }
+        if let Some(background) = &request.background {
+            body["background"] = json!(background);
+        }
+    }
+    if let Some(size) = &request.size {
+        body["size"] = json!(size);
+    }
+    if let Some(quality) = &request.quality {
+        body["quality"] = json!(quality);
+    }
+    if let Some(user) = &request.end_user_id {
+        body["user"] = json!(user);
+    }
+    Ok(body)
+}
+
+/// The images of an `ImagesResponse`, and its token usage where the model reports it.
+pub fn images_of(body: &Value, request: &ImageRequest) -> Result<GeneratedImages, ProviderError> {
+    let format = body["output_format"]
+        .as_str()
+        .or(request.output_format.as_deref())
+        .unwrap_or("png");
+    let mime_type = format!("image/{format}");
+    let images = body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            let data = if let Some(url) = item["url"].as_str() {
+                ImageData::Url(url.to_owned())
+            } else {
+                let encoded = item["b64_json"].as_str().ok_or_else(|| {
+                    ProviderError::Other("an image has neither url nor b64_json".into())
+                })?;
+                ImageData::Bytes(STANDARD.decode(encoded).map_err(|_| {
+                    ProviderError::Other("an image's b64_json is not base64".into())
+                })?)
+            };
+            Ok(Image {
+                data,
+                mime_type: mime_type.clone(),
+                revised_prompt: item["revised_prompt"].as_str().map(str::to_owned),
+            })
+        })
+        .collect::<Result<Vec<_>, ProviderError>>()?;
+    if images.is_empty() {
+        return Err(ProviderError::Other("the answer holds no image".into()));
+    }
+    let usage = body["usage"].is_object().then(|| Usage {
+        input_tokens: body["usage"]["input_tokens"].as_u64().unwrap_or(0),
+        output_tokens: body["usage"]["output_tokens"].as_u64().unwrap_or(0),
+        ..Usage::default()
+    });
+    Ok(GeneratedImages { images, usage })
+}
+
+#[async_trait]
+impl ImageProvider for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    async fn generate(
+        &self,
+        deployment: &Deployment,
+        request: &ImageRequest,
+    ) -> Result<GeneratedImages, ProviderError> {
+        let body = image_body(deployment, request)?;
+        images_of(
+            &self.call(deployment, "images/generations", &body).await?,
+            request,
+        )
+    }
+}
+
+/// The MIME type of an audio file by its extension, as the upload's part declares it.
+fn audio_mime(filename: &str) -> &'static str {
+    match filename
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("flac") => "audio/flac",
+        Some("wav") => "audio/wav",
+        Some("ogg") => "audio/ogg",
+        Some("webm") => "audio/webm",
+        Some("m4a" | "mp4") => "audio/mp4",
+        _ => "audio/mpeg",
+    }
+}
+
+/// The multipart form of `POST /v1/audio/transcriptions`: `verbose_json` with the timestamp
+/// granularities asked for when the model gives timing, else `json`.
+pub fn transcription_form(
+    deployment: &Deployment,
+    request: &TranscriptionRequest,
+    timestamps: bool,
+) -> Result<reqwest::multipart::Form, ProviderError> {
+    let file = reqwest::multipart::Part::stream(reqwest::Body::from(request.audio.clone()))
+        .file_name(request.filename.clone())
+        .mime_str(audio_mime(&request.filename))
+        .map_err(|err| ProviderError::Other(err.to_string()))?;
+    let mut form = reqwest::multipart::Form::new()
+        .part("file", file)
+        .text("model", deployment.provider_model.clone())
+        .text(
+            "response_format",
+            if timestamps { "verbose_json" } else { "json" },
+        );
+    if timestamps {
+        if request.segment_timestamps || !request.word_timestamps {
+            form = form.text("timestamp_granularities[]", "segment");
+        }
+        if request.word_timestamps {
+            form = form.text("timestamp_granularities[]", "word");
+        }
+    }
+    if let Some(language) = &request.language {
+        form = form.text("language", language.clone());
+    }
+    if let Some(prompt) = &request.prompt {
+        form = form.text("prompt", prompt.clone());
+    }
+    if let Some(temperature) = request.temperature {
+        form = form.text("temperature", temperature.to_string());
+    }
+    Ok(form)
+}
+
+fn seconds(value: &Value) -> Duration {
+    value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::ZERO, Duration::from_secs_f64)
+}
+
+/// A transcription answer (`json` or `verbose_json`) and what it is billed by: tokens
+/// (`usage.type = tokens`) or seconds (`usage.type = duration`, or the verbose duration).
+pub fn transcribed_of(body: &Value) -> Result<Transcribed, ProviderError> {
+    let text = body["text"]
+        .as_str()
+        .ok_or_else(|| ProviderError::Other("the transcription answer has no text".into()))?;
+    let segments = body["segments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, segment)| Segment {
+            id: segment["id"]
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .unwrap_or(u32::try_from(index).unwrap_or(u32::MAX)),
+            start: seconds(&segment["start"]),
+            end: seconds(&segment["end"]),
+            text: segment["text"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    let words = body["words"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|word| Word {
+            word: word["word"].as_str().unwrap_or_default().to_owned(),
+            start: seconds(&word["start"]),
+            end: seconds(&word["end"]),
+        })
+        .collect();
+    let usage = &body["usage"];
+    let tokens = (usage["type"] == "tokens").then(|| Usage {
+        input_tokens: usage["input_tokens"].as_u64().unwrap_or(0),
+        output_tokens: usage["output_tokens"].as_u64().unwrap_or(0),
+        ..Usage::default()
+    });
+    let billed_seconds = if usage["type"] == "duration" {
+        usage["seconds"].as_f64()
+    } else {
+        None
+    };
+    Ok(Transcribed {
+        transcript: Transcript {
+            text: text.to_owned(),
+            language: body["language"].as_str().map(str::to_owned),
+            duration: body["duration"]
+                .is_number()
+                .then(|| seconds(&body["duration"])),
+            segments,
+            words,
+        },
+        usage: tokens,
+        billed_seconds,
+    })
+}
+
+#[async_trait]
+impl TranscriptionProvider for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    async fn transcribe(
+        &self,
+        deployment: &Deployment,
+        request: &TranscriptionRequest,
+        timestamps: bool,
+    ) -> Result<Transcribed, ProviderError> {
+        let form = transcription_form(deployment, request, timestamps)?;
+        let response = self
+            .send(deployment, "audio/transcriptions", Body::Form(form))
+            .await?;
+        transcribed_of(&decode(response).await?)
     }
 }
 
