@@ -321,6 +321,24 @@ async fn openai_deployments_read_their_key_from_the_credentials_service() {
             timeout: std::time::Duration::from_secs(5),
         },
     );
+    for (name, model) in [
+        ("openai-dalle", "dall-e-3"),
+        ("openai-whisper", "whisper-1"),
+    ] {
+        config.ai.deployments.insert(
+            name.into(),
+            switchyard_ai::config::DeploymentConfig {
+                provider: "openai".into(),
+                model: model.into(),
+                provider_model: None,
+                base_url: Some(fake.base_url()),
+                credential: Some("credentials/openai-key".into()),
+                organization: None,
+                project: None,
+                timeout: std::time::Duration::from_secs(5),
+            },
+        );
+    }
     let server = TestServer::start(config).await;
 
     // The operator stores the provider key in the system tenant.
@@ -385,6 +403,134 @@ async fn openai_deployments_read_their_key_from_the_credentials_service() {
     assert_eq!(
         (audit[0].principal.as_str(), audit[0].result_code.as_str()),
         ("service:ai", "OK")
+    );
+
+    // Images and transcripts over gRPC: the audio goes up in pieces.
+    let png_signature = switchyard_testkit::fake_openai::PNG_SIGNATURE;
+    let images = client
+        .generate_image(with_token(
+            pb::GenerateImageRequest {
+                model: "dall-e-3".into(),
+                prompt: "a lighthouse".into(),
+                ..Default::default()
+            },
+            &caller,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::generated_image::Image::Data(png)) = &images.images[0].image else {
+        panic!("{images:?}")
+    };
+    assert_eq!(png[..8], png_signature);
+    assert_eq!(images.cost.unwrap().amount_micros, 40_000, "four cents");
+    let spoken = "Good morning everyone. Let us start.";
+    let pieces = [
+        pb::transcribe_request::Part::Config(pb::TranscribeConfig {
+            model: "whisper-1".into(),
+            filename: "standup.wav".into(),
+            segment_timestamps: true,
+            ..Default::default()
+        }),
+        pb::transcribe_request::Part::Audio(spoken.as_bytes()[..10].to_vec()),
+        pb::transcribe_request::Part::Audio(spoken.as_bytes()[10..].to_vec()),
+    ]
+    .map(|part| pb::TranscribeRequest { part: Some(part) });
+    let transcript = client
+        .transcribe(with_token(futures::stream::iter(pieces), &caller))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(transcript.text, spoken);
+    assert_eq!(transcript.segments.len(), 2);
+    let config_later = [pb::transcribe_request::Part::Audio(b"x".to_vec())]
+        .map(|part| pb::TranscribeRequest { part: Some(part) });
+    let err = client
+        .transcribe(with_token(futures::stream::iter(config_later), &caller))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // The same over the OpenAI-compatible endpoints.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v1", server.http);
+    let generated: serde_json::Value = http
+        .post(format!("{base}/images/generations"))
+        .bearer_auth(&caller)
+        .json(&serde_json::json!({"model": "dall-e-3", "prompt": "a lighthouse"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = generated["data"][0]["url"].as_str().unwrap();
+    let fetched = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(fetched[..8], png_signature);
+    let upload = |format: &str| {
+        reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(spoken.as_bytes().to_vec())
+                    .file_name("standup.wav"),
+            )
+            .text("model", "whisper-1")
+            .text("response_format", format.to_owned())
+    };
+    let srt = http
+        .post(format!("{base}/audio/transcriptions"))
+        .bearer_auth(&caller)
+        .multipart(upload("srt"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        srt,
+        "1\n00:00:00,000 --> 00:00:01,500\nGood morning everyone.\n\n2\n00:00:01,500 --> 00:00:03,000\nLet us start.\n\n"
+    );
+    let verbose: serde_json::Value = http
+        .post(format!("{base}/audio/transcriptions"))
+        .bearer_auth(&caller)
+        .multipart(upload("verbose_json").text("timestamp_granularities[]", "word"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verbose["words"].as_array().unwrap().len(), 6);
+    assert_eq!(verbose["duration"], 3.0);
+    let refused = http
+        .post(format!("{base}/audio/transcriptions"))
+        .bearer_auth(&caller)
+        .multipart(reqwest::multipart::Form::new().text("model", "whisper-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let error: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "file");
+
+    // A constitution through the OpenAI SDKs' extra_body, served by the echo model.
+    let completion: serde_json::Value = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(&caller)
+        .json(
+            &serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}],
+                                  "constitution": {"name": "helpful-honest-harmless"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        completion["constitution_trace"].as_array().unwrap().len(),
+        3
     );
     server.stop().await;
 }

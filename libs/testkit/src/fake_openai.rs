@@ -1,9 +1,9 @@
 //! A fake OpenAI API server for tests.
 //!
-//! It answers, over HTTP on `127.0.0.1`, the two endpoints Switchyard's OpenAI adapter calls, in
-//! the wire format OpenAI documents (<https://platform.openai.com/docs/api-reference>), and every
+//! It answers, over HTTP on `127.0.0.1`, the endpoints Switchyard's OpenAI adapter calls, in the
+//! wire format OpenAI documents (<https://platform.openai.com/docs/api-reference>), and every
 //! body it makes up itself validates against OpenAI's published contract
-//! ([`crate::openai_contract`]):
+//! ([`crate::openai_contract`], and [`validate_media`] for images and audio):
 //!
 //! - `POST /v1/chat/completions`: a `chat.completion` object, or with `"stream": true` a
 //!   `text/event-stream` of `data: {chat.completion.chunk}` events ended by `data: [DONE]`. With
@@ -15,25 +15,73 @@
 //!   values (default 3072 for `text-embedding-3-large`, 1536 otherwise), as floats or, with
 //!   `"encoding_format": "base64"`, as base64 of little-endian `f32`s (OpenAI's own format, which
 //!   its contract does not describe: `embedding` is declared an array there).
+//! - `POST /v1/images/generations`: an `ImagesResponse`, `created` and `data` with `n` images
+//!   (default 1), each a valid 2×2 PNG whose colours derive from the prompt and the image's
+//!   position (the same request draws the same pictures). `dall-e-2` (the default model) and
+//!   `dall-e-3` answer each as a `url`, `{base_url}/files/img-<24 hex digits>.png`, or with
+//!   `"response_format": "b64_json"` as `b64_json`; `dall-e-3` adds a `revised_prompt`, the
+//!   prompt after [`REVISED_PROMPT_PREFIX`]. Any other model is taken for a GPT image model
+//!   (`gpt-image-1`, `gpt-image-1-mini`, `gpt-image-1.5`): always `b64_json`, and the answer
+//!   echoes the `size`, `quality`, `output_format` and `background` used (`auto` being
+//!   `1024x1024`, `medium` and `opaque`; the bytes are PNG whatever the format, RGBA with
+//!   transparent pixels for a transparent background), with a `usage`: the prompt's words as
+//!   input (text) tokens, and as output tokens OpenAI's table per image times `n` (1024x1024:
+//!   low 272, medium 1056, high 4160; 1536x1024 and 1024x1536: low 408, medium 1584, high 6240).
+//!   OpenAI's 400s name the parameter: no `prompt`; `n` not from 1 to 10 (only 1 for
+//!   `dall-e-3`); a `size`, `quality`, `style`, `response_format`, `output_format` or
+//!   `background` the model does not take (`dall-e-3`: 1024x1024, 1792x1024 or 1024x1792;
+//!   standard or hd; vivid or natural; url or b64_json. GPT image models: 1024x1024, 1536x1024,
+//!   1024x1536 or auto; low, medium, high or auto; png, jpeg or webp; transparent, opaque or
+//!   auto; and no `response_format` at all: "Unknown parameter: 'response_format'.").
+//! - `GET /v1/files/{name}`: the PNG of an image answered as a URL, as `image/png`, without a
+//!   key, as OpenAI's signed image URLs; a 404 for any other name.
+//! - `POST /v1/audio/transcriptions`: a `multipart/form-data` form with a `file` (with a
+//!   filename) and a `model`, and optionally `language`, `prompt`, `response_format`,
+//!   `temperature`, `timestamp_granularities[]` (repeated: `segment`, `word`) and `stream`. The
+//!   audio "says" the uploaded file's text, trimmed, when it is UTF-8 text without control
+//!   characters (tests upload text as audio), else [`FALLBACK_TRANSCRIPT`]. It lasts
+//!   [`SECONDS_PER_WORD`] per word, at least a second, word `i` spanning `0.5 i` to `0.5 (i + 1)`
+//!   seconds; a segment is a sentence, ended by a word ending in `.`, `?` or `!`. `whisper-1`
+//!   answers every `response_format` and ignores `stream`: `json` (default), `{"text", "usage":
+//!   {"type": "duration", "seconds"}}` (whole seconds, rounded up); `text`, the text and a
+//!   newline as `text/plain`; `srt` and `vtt`, a cue per segment as `text/plain`; `verbose_json`,
+//!   `task`, `language` (the English name of `language`, default `english`), `duration`, `text`,
+//!   `segments` (with Whisper's `id`, `seek`, `start`, `end`, `text` after a space, `tokens`,
+//!   `temperature`, `avg_logprob`, `compression_ratio`, `no_speech_prob`), with
+//!   `timestamp_granularities[]=word` also `words` (without their punctuation), and `usage`. Any
+//!   other model is taken for a GPT-4o one (`gpt-4o-transcribe`, `gpt-4o-mini-transcribe`):
+//!   `json` and `text` only, with a token usage (input: [`AUDIO_TOKENS_PER_SECOND`] audio tokens
+//!   per second and the prompt's words as text tokens; output: the transcript's words); with
+//!   `stream=true`, a `text/event-stream` of `transcript.text.delta` events, a word each with
+//!   the whitespace before it (put together they give the text), then `transcript.text.done`
+//!   with the text and usage, and no `[DONE]`. OpenAI's 400s: no file or model (its validation
+//!   message, naming them), a body that is not a form ("Invalid Content-Type header"), a format
+//!   the model does not take (`unsupported_value`), `timestamp_granularities[]` without
+//!   `verbose_json`. The recorded body describes the form: each text field as a string, a field
+//!   sent as `name[]` or more than once as a list of them, and the file as `{"filename",
+//!   "content_type", "bytes"}` (its length).
 //!
 //! Every request needs `Authorization: Bearer <key>` with the configured key (default
-//! [`DEFAULT_API_KEY`]): a wrong key gets 401 `invalid_api_key`, a missing one (or one not
-//! given as `Bearer`) OpenAI's "You didn't provide an API key" 401. A body that is not JSON gets OpenAI's 400, a chat request
-//! without `model` or `messages` (an embeddings request without `model` or `input`) OpenAI's 400
-//! for it; unknown paths and methods answer 404 `Invalid URL (METHOD /path)`. Responses carry
-//! `x-request-id`, `openai-organization`, `openai-processing-ms` and `openai-version`, and
-//! successful ones the `x-ratelimit-*` headers (10 000 requests, counting down by one per request
-//! received, and 30 000 000 tokens, less the request's prompt tokens).
+//! [`DEFAULT_API_KEY`]), image downloads excepted: a wrong key gets 401 `invalid_api_key`, a
+//! missing one (or one not given as `Bearer`) OpenAI's "You didn't provide an API key" 401. A
+//! JSON body that is not JSON gets OpenAI's 400, a chat request without `model` or `messages`
+//! (an embeddings request without `model` or `input`) OpenAI's 400 for it; unknown paths and
+//! methods answer 404 `Invalid URL (METHOD /path)`. Responses carry `x-request-id`,
+//! `openai-organization`, `openai-processing-ms` and `openai-version`, and successful ones the
+//! `x-ratelimit-*` headers (10 000 requests, counting down by one per request received, image
+//! downloads included, and 30 000 000 tokens, less the request's prompt tokens: an image
+//! prompt's words, none for a transcription).
 //!
 //! Unless scripted with [`FakeOpenAi::push`], a chat completion echoes the text of the last user
 //! message, and the "tokens" of the usage are whitespace-separated words ([`count_tokens`]):
 //! prompt tokens are the words of every message's text, completion tokens those of the answer.
-//! Only one choice is returned, whatever `n`.
+//! Only one choice is returned, whatever `n`. A scripted reply answers the next request on any
+//! of the four endpoints.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -65,6 +113,33 @@ const HELPER_PROMPT_TOKENS: u64 = 20;
 const LIMIT_REQUESTS: u64 = 10_000;
 const LIMIT_TOKENS: u64 = 30_000_000;
 
+/// What the fake "hears" in an uploaded file that is not text.
+pub const FALLBACK_TRANSCRIPT: &str = "The quick brown fox jumps over the lazy dog.";
+
+/// How long each word of a transcript lasts in the audio, in seconds.
+pub const SECONDS_PER_WORD: f64 = 0.5;
+
+/// Audio input tokens per second of audio, in the usage of GPT-4o transcriptions.
+pub const AUDIO_TOKENS_PER_SECOND: u64 = 10;
+
+/// What `dall-e-3` puts before the prompt in an image's `revised_prompt`.
+pub const REVISED_PROMPT_PREFIX: &str = "A detailed, high-quality image of the following: ";
+
+/// The eight bytes every PNG file starts with.
+pub const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// The image and transcription schemas of OpenAI's contract that [`validate_media`] knows, with
+/// every schema they reference.
+pub const MEDIA_SCHEMAS: [&str; 7] = [
+    "CreateImageRequest",
+    "ImagesResponse",
+    "CreateTranscriptionRequest",
+    "CreateTranscriptionResponseJson",
+    "CreateTranscriptionResponseVerboseJson",
+    "TranscriptTextDeltaEvent",
+    "TranscriptTextDoneEvent",
+];
+
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -79,9 +154,11 @@ pub struct Recorded {
 /// A scripted answer to one request, whatever its endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// 200 with this JSON body, such as a `chat.completion` object.
+    /// 200 with this JSON body, such as a `chat.completion` object, an `ImagesResponse` or a
+    /// transcription.
     Completion(Value),
-    /// 200 with a stream of these chunk bodies as `data:` events, then `data: [DONE]`.
+    /// 200 with a stream of these chunk bodies as `data:` events, then `data: [DONE]`; on
+    /// `/v1/audio/transcriptions`, whose streams end with their last event, without it.
     Chunks(Vec<Value>),
     /// This status and JSON body, with these headers added to the usual ones.
     Error {
@@ -112,6 +189,10 @@ struct State {
     chunk_delay: Duration,
     replies: VecDeque<Reply>,
     requests: Vec<Recorded>,
+    /// Such as `http://127.0.0.1:41234/v1`, for the URLs of images.
+    base_url: String,
+    /// The images answered as URLs, by file name, served at `{base_url}/files/{name}`.
+    files: HashMap<String, Bytes>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -133,18 +214,21 @@ impl Drop for FakeOpenAi {
 impl FakeOpenAi {
     /// Starts a server on `127.0.0.1` that accepts the key [`DEFAULT_API_KEY`].
     pub async fn start() -> FakeOpenAi {
+        // Binding fails only on a host without a loopback interface, where no test can run.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake OpenAI to 127.0.0.1");
+        let address = listener.local_addr().expect("the fake OpenAI's address");
+        let base_url = format!("http://{address}/v1");
         let state = Arc::new(Mutex::new(State {
             api_key: DEFAULT_API_KEY.to_owned(),
             organization: "user-switchyard-test".to_owned(),
             chunk_delay: Duration::ZERO,
             replies: VecDeque::new(),
             requests: Vec::new(),
+            base_url: base_url.clone(),
+            files: HashMap::new(),
         }));
-        // Binding fails only on a host without a loopback interface, where no test can run.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake OpenAI to 127.0.0.1");
-        let address = listener.local_addr().expect("the fake OpenAI's address");
         // Image and audio parts make large bodies; OpenAI takes them, so the fake does too.
         let app = Router::new()
             .fallback(handle)
@@ -156,7 +240,7 @@ impl FakeOpenAi {
             }
         });
         FakeOpenAi {
-            base_url: format!("http://{address}/v1"),
+            base_url,
             state,
             server,
         }
@@ -189,7 +273,8 @@ impl FakeOpenAi {
         self
     }
 
-    /// Queues a reply: each authenticated, well-formed request consumes the oldest one.
+    /// Queues a reply: each authenticated, well-formed request consumes the oldest one, whatever
+    /// its endpoint (image downloads consume none).
     pub fn push(&self, reply: Reply) {
         self.state().replies.push_back(reply);
     }
@@ -204,19 +289,31 @@ impl FakeOpenAi {
         self.state().requests.clone()
     }
 
-    /// The contract violations of the requests received on the two endpoints, each as
+    /// The contract violations of the requests received on the four endpoints, each as
     /// `{request index} {path}{instance path}: {message}`; empty when all are valid.
+    ///
+    /// A transcription form is checked as the object `CreateTranscriptionRequest` describes:
+    /// field names without `[]`, the file as a string, and `temperature`, `stream`, list fields
+    /// and `chunking_strategy` as a number, a boolean, lists and an object where their text reads
+    /// as one, so that unknown fields and values outside the contract show.
     pub fn contract_violations(&self) -> Vec<String> {
         self.requests()
             .iter()
             .enumerate()
             .flat_map(|(index, request)| {
-                let schema = match request.path.as_str() {
-                    "/v1/chat/completions" => "CreateChatCompletionRequest",
-                    "/v1/embeddings" => "CreateEmbeddingRequest",
+                let body = &request.body;
+                let result = match request.path.as_str() {
+                    "/v1/chat/completions" => {
+                        openai_contract::validate("CreateChatCompletionRequest", body)
+                    }
+                    "/v1/embeddings" => openai_contract::validate("CreateEmbeddingRequest", body),
+                    "/v1/images/generations" => validate_media("CreateImageRequest", body),
+                    "/v1/audio/transcriptions" => {
+                        validate_media("CreateTranscriptionRequest", &form_instance(body))
+                    }
                     _ => return Vec::new(),
                 };
-                match openai_contract::validate(schema, &request.body) {
+                match result {
                     Ok(()) => Vec::new(),
                     Err(errors) => errors
                         .into_iter()
@@ -548,6 +645,8 @@ enum Answer {
     Json(StatusCode, Value, Vec<(String, String)>),
     /// Events, without the `data: ` prefix; whether the stream ends with an error.
     Stream(Vec<String>, bool),
+    /// 200 with this `text/plain` body.
+    Text(String),
 }
 
 fn error_answer(
@@ -632,7 +731,8 @@ fn check_request(endpoint: Endpoint, body: &Value) -> Result<(), Answer> {
             None,
         ));
     }
-    if body.get("model").is_none() {
+    // The images endpoint has a default model.
+    if body.get("model").is_none() && endpoint != Endpoint::Images {
         return Err(error_answer(
             StatusCode::BAD_REQUEST,
             "you must provide a model parameter",
@@ -643,6 +743,12 @@ fn check_request(endpoint: Endpoint, body: &Value) -> Result<(), Answer> {
     let required = match endpoint {
         Endpoint::Chat => "messages",
         Endpoint::Embeddings => "input",
+        Endpoint::Images => {
+            image_job(body)?;
+            return Ok(());
+        }
+        // Forms are checked by `transcription_job`.
+        Endpoint::Transcriptions => return Ok(()),
     };
     if body.get(required).is_none() {
         return Err(missing(required));
@@ -654,12 +760,25 @@ fn check_request(endpoint: Endpoint, body: &Value) -> Result<(), Answer> {
 enum Endpoint {
     Chat,
     Embeddings,
+    Images,
+    Transcriptions,
 }
 
-fn default_answer(endpoint: Endpoint, body: &Value) -> Answer {
+/// The answer when nothing is scripted; `form` is the form of a transcription request.
+fn default_answer(endpoint: Endpoint, body: &Value, form: Option<&Form>, state: &Shared) -> Answer {
     match endpoint {
         Endpoint::Chat => default_chat(body),
         Endpoint::Embeddings => Answer::Json(StatusCode::OK, default_embeddings(body), Vec::new()),
+        Endpoint::Images => default_images(body, state),
+        Endpoint::Transcriptions => match form {
+            Some(form) => default_transcription(form),
+            None => error_answer(
+                StatusCode::BAD_REQUEST,
+                "Could not parse multipart form",
+                None,
+                None,
+            ),
+        },
     }
 }
 
@@ -793,11 +912,993 @@ fn default_embeddings(body: &Value) -> Value {
     })
 }
 
+// ---- images ----
+
+/// The image models, each with OpenAI's rules for its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageModel {
+    DallE2,
+    DallE3,
+    /// `gpt-image-1`, `gpt-image-1-mini`, `gpt-image-1.5`, and any model the fake does not know.
+    Gpt,
+}
+
+/// What an image request asks for, checked as OpenAI checks it, with the defaults filled in.
+#[derive(Debug)]
+struct ImageJob {
+    model: ImageModel,
+    prompt: String,
+    n: u64,
+    /// The size used: `auto` is 1024x1024.
+    size: String,
+    /// The quality used: `auto` is `medium` for GPT image models, `standard` for DALL·E.
+    quality: String,
+    /// DALL·E only: answer URLs rather than base64.
+    urls: bool,
+    /// GPT image models only.
+    output_format: String,
+    /// GPT image models only; `auto` is `opaque`.
+    background: String,
+}
+
+/// JSON's name for a value's type, as OpenAI's messages give it.
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a decimal",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn invalid_type(param: &str, expected: &str, value: &Value) -> Answer {
+    error_answer(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(value)
+        ),
+        Some(param),
+        Some("invalid_type"),
+    )
+}
+
+/// OpenAI's answer to a value outside a parameter's allowed set.
+fn invalid_value(param: &str, value: &str, supported: &[&str]) -> Answer {
+    let quoted: Vec<String> = supported.iter().map(|v| format!("'{v}'")).collect();
+    let list = match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, last] => format!("{first} and {last}"),
+        [init @ .., last] => format!("{}, and {last}", init.join(", ")),
+    };
+    error_answer(
+        StatusCode::BAD_REQUEST,
+        &format!("Invalid value: '{value}'. Supported values are: {list}."),
+        Some(param),
+        Some("invalid_value"),
+    )
+}
+
+/// A string parameter of a JSON body; `None` when absent or null.
+fn string_param(body: &Value, param: &str) -> Result<Option<String>, Answer> {
+    match body.get(param) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(value)) => Ok(Some(value.clone())),
+        Some(other) => Err(invalid_type(param, "a string", other)),
+    }
+}
+
+/// A string parameter that must be one of `supported`; `default` when absent or null.
+fn choice(body: &Value, param: &str, supported: &[&str], default: &str) -> Result<String, Answer> {
+    let value = string_param(body, param)?.unwrap_or_else(|| default.to_owned());
+    if supported.contains(&value.as_str()) {
+        Ok(value)
+    } else {
+        Err(invalid_value(param, &value, supported))
+    }
+}
+
+/// `n`, from 1 to `max`; 1 when absent or null.
+fn image_count(body: &Value, max: u64) -> Result<u64, Answer> {
+    let n = match body.get("n") {
+        None | Some(Value::Null) => return Ok(1),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
+        Some(other) => return Err(invalid_type("n", "an integer", other)),
+    };
+    if n < 1 {
+        return Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} \
+                 instead."
+            ),
+            Some("n"),
+            Some("integer_below_min_value"),
+        ));
+    }
+    let n = n.unsigned_abs();
+    if n > max {
+        return Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Invalid 'n': integer above maximum value. Expected a value <= {max}, but got \
+                 {n} instead."
+            ),
+            Some("n"),
+            Some("integer_above_max_value"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Checks an image request as OpenAI does, parameter by parameter, for its model.
+fn image_job(body: &Value) -> Result<ImageJob, Answer> {
+    let Some(prompt) = string_param(body, "prompt")? else {
+        return Err(missing("prompt"));
+    };
+    // OpenAI's default model for this endpoint is still `dall-e-2`.
+    let model = match string_param(body, "model")?.as_deref() {
+        None | Some("dall-e-2") => ImageModel::DallE2,
+        Some("dall-e-3") => ImageModel::DallE3,
+        Some(_) => ImageModel::Gpt,
+    };
+    if model == ImageModel::Gpt {
+        // GPT image models always answer base64, and refuse the parameter outright.
+        if body.get("response_format").is_some() {
+            return Err(error_answer(
+                StatusCode::BAD_REQUEST,
+                "Unknown parameter: 'response_format'.",
+                Some("response_format"),
+                Some("unknown_parameter"),
+            ));
+        }
+        let n = image_count(body, 10)?;
+        let size = choice(
+            body,
+            "size",
+            &["1024x1024", "1024x1536", "1536x1024", "auto"],
+            "auto",
+        )?;
+        let quality = choice(body, "quality", &["low", "medium", "high", "auto"], "auto")?;
+        let output_format = choice(body, "output_format", &["png", "jpeg", "webp"], "png")?;
+        let background = choice(
+            body,
+            "background",
+            &["transparent", "opaque", "auto"],
+            "auto",
+        )?;
+        return Ok(ImageJob {
+            model,
+            prompt,
+            n,
+            size: if size == "auto" {
+                "1024x1024".to_owned()
+            } else {
+                size
+            },
+            quality: if quality == "auto" {
+                "medium".to_owned()
+            } else {
+                quality
+            },
+            urls: false,
+            output_format,
+            background: if background == "auto" {
+                "opaque".to_owned()
+            } else {
+                background
+            },
+        });
+    }
+    let (max_n, sizes): (u64, &[&str]) = if model == ImageModel::DallE3 {
+        (1, &["1024x1024", "1792x1024", "1024x1792"])
+    } else {
+        (10, &["256x256", "512x512", "1024x1024"])
+    };
+    let n = image_count(body, max_n)?;
+    let size = choice(body, "size", sizes, "1024x1024")?;
+    let quality = if model == ImageModel::DallE3 {
+        choice(body, "quality", &["standard", "hd", "auto"], "standard")?
+    } else {
+        choice(body, "quality", &["standard", "auto"], "standard")?
+    };
+    if model == ImageModel::DallE3 {
+        choice(body, "style", &["vivid", "natural"], "vivid")?;
+    }
+    let format = choice(body, "response_format", &["url", "b64_json"], "url")?;
+    Ok(ImageJob {
+        model,
+        prompt,
+        n,
+        size,
+        quality: if quality == "auto" {
+            "standard".to_owned()
+        } else {
+            quality
+        },
+        urls: format == "url",
+        output_format: "png".to_owned(),
+        background: "opaque".to_owned(),
+    })
+}
+
+/// Output tokens per image of the GPT image models, by quality and size: OpenAI's published
+/// table (<https://platform.openai.com/docs/guides/image-generation#cost-and-latency>).
+fn gpt_image_tokens(quality: &str, size: &str) -> u64 {
+    match (quality, size == "1024x1024") {
+        ("low", true) => 272,
+        ("low", false) => 408,
+        ("high", true) => 4160,
+        ("high", false) => 6240,
+        (_, true) => 1056,
+        (_, false) => 1584,
+    }
+}
+
+fn default_images(body: &Value, state: &Shared) -> Answer {
+    let job = match image_job(body) {
+        Ok(job) => job,
+        Err(answer) => return answer,
+    };
+    let base_url = lock(state).base_url.clone();
+    let mut files = Vec::new();
+    let data: Vec<Value> = (0..job.n)
+        .map(|index| {
+            // The same prompt gives the same pictures, each of the `n` its own.
+            let png = png_image(
+                &format!("{index} {}", job.prompt),
+                job.background == "transparent",
+            );
+            let mut image = json!({});
+            if job.urls {
+                let name = format!("{}.png", random_id("img-", 24));
+                image["url"] = json!(format!("{base_url}/files/{name}"));
+                files.push((name, Bytes::from(png)));
+            } else {
+                image["b64_json"] = json!(BASE64.encode(png));
+            }
+            if job.model == ImageModel::DallE3 {
+                image["revised_prompt"] = json!(format!("{REVISED_PROMPT_PREFIX}{}", job.prompt));
+            }
+            image
+        })
+        .collect();
+    lock(state).files.extend(files);
+    let mut response = json!({ "created": unix_now(), "data": data });
+    if job.model == ImageModel::Gpt {
+        let input_tokens = count_tokens(&job.prompt);
+        let output_tokens = gpt_image_tokens(&job.quality, &job.size) * job.n;
+        response["size"] = json!(job.size);
+        response["quality"] = json!(job.quality);
+        response["output_format"] = json!(job.output_format);
+        response["background"] = json!(job.background);
+        response["usage"] = json!({
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "input_tokens_details": { "text_tokens": input_tokens, "image_tokens": 0 },
+        });
+    }
+    Answer::Json(StatusCode::OK, response, Vec::new())
+}
+
+// ---- PNG ----
+
+/// CRC-32 (ISO-HDLC, as PNG uses), bit by bit: the fake only checksums a few dozen bytes.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xedb8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+fn adler32(bytes: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in bytes {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    (b << 16) | a
+}
+
+/// A zlib stream of stored (uncompressed) deflate blocks, which every inflater reads.
+fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    // CMF 0x78 (deflate, 32K window) and FLG 0x01 make a header that is a multiple of 31.
+    let mut out = vec![0x78, 0x01];
+    let mut blocks = data.chunks(0xffff).peekable();
+    if data.is_empty() {
+        out.extend([1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        // BFINAL on the last block; BTYPE 00, stored.
+        out.push(u8::from(blocks.peek().is_none()));
+        let len = u16::try_from(block.len()).unwrap_or(u16::MAX);
+        out.extend(len.to_le_bytes());
+        out.extend((!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend(adler32(data).to_be_bytes());
+    out
+}
+
+fn png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    png.extend(u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+    let start = png.len();
+    png.extend_from_slice(kind);
+    png.extend_from_slice(data);
+    let crc = crc32(&png[start..]);
+    png.extend(crc.to_be_bytes());
+}
+
+/// A valid 2×2 PNG whose colours derive from `seed`: 8-bit RGB, or RGBA with two of the four
+/// pixels fully transparent for a transparent background.
+fn png_image(seed: &str, transparent: bool) -> Vec<u8> {
+    let mut hasher = DefaultHasher::new();
+    seed.hash(&mut hasher);
+    let colours = hasher.finish().to_be_bytes();
+    let mut pixels = Vec::new();
+    for y in 0..2 {
+        // Each scanline starts with its filter type: 0, none.
+        pixels.push(0);
+        for x in 0..2 {
+            let k = y * 2 + x;
+            pixels.extend([colours[k], colours[k + 2], colours[k + 4]]);
+            if transparent {
+                pixels.push(if x == y { 0xff } else { 0 });
+            }
+        }
+    }
+    let mut header = Vec::new();
+    header.extend(2u32.to_be_bytes());
+    header.extend(2u32.to_be_bytes());
+    // Bit depth 8; colour type 6 (RGBA) or 2 (RGB); deflate; adaptive filtering; no interlace.
+    header.extend([8, if transparent { 6 } else { 2 }, 0, 0, 0]);
+    let mut png = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut png, b"IHDR", &header);
+    png_chunk(&mut png, b"IDAT", &zlib_stored(&pixels));
+    png_chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+// ---- transcriptions ----
+
+/// The values of `response_format` OpenAI's contract lists for transcriptions.
+const AUDIO_FORMATS: [&str; 6] = [
+    "json",
+    "text",
+    "srt",
+    "verbose_json",
+    "vtt",
+    "diarized_json",
+];
+
+/// The form fields OpenAI's contract declares as lists, sent as `name[]` once per item.
+const LIST_FIELDS: [&str; 6] = [
+    "languages",
+    "keywords",
+    "include",
+    "timestamp_granularities",
+    "known_speaker_names",
+    "known_speaker_references",
+];
+
+/// A `multipart/form-data` body: its parts, in order.
+#[derive(Debug, Default)]
+struct Form {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug)]
+struct Part {
+    name: String,
+    /// Set for a file.
+    filename: Option<String>,
+    content_type: Option<String>,
+    data: Bytes,
+}
+
+impl Form {
+    /// The first text field of this name.
+    fn text(&self, name: &str) -> Option<String> {
+        self.parts
+            .iter()
+            .find(|part| part.name == name && part.filename.is_none())
+            .map(|part| String::from_utf8_lossy(&part.data).into_owned())
+    }
+
+    /// Every text field with one of these names, in order.
+    fn texts(&self, names: &[&str]) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter(|part| names.contains(&part.name.as_str()) && part.filename.is_none())
+            .map(|part| String::from_utf8_lossy(&part.data).into_owned())
+            .collect()
+    }
+
+    /// The uploaded audio: the `file` field, if it is a file.
+    fn file(&self) -> Option<&Part> {
+        self.parts
+            .iter()
+            .find(|part| part.name == "file" && part.filename.is_some())
+    }
+}
+
+/// The first position of `needle` in `haystack` at or after `from`.
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    haystack
+        .get(from..)?
+        .windows(needle.len())
+        .position(|window| window == needle)
+        .map(|index| index + from)
+}
+
+/// The `key=value` parameters of a header value such as `form-data; name="file"; filename="a.wav"`.
+fn header_params(value: &str) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut rest = value;
+    while let Some(equals) = rest.find('=') {
+        let key = rest[..equals].rsplit(';').next().unwrap_or_default();
+        let key = key.trim().to_ascii_lowercase();
+        rest = rest[equals + 1..].trim_start();
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            let mut value = String::new();
+            let mut end = quoted.len();
+            let mut escaped = false;
+            for (index, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => {
+                        value.push(c);
+                        escaped = false;
+                    }
+                    '\\' => escaped = true,
+                    '"' => {
+                        end = index + 1;
+                        break;
+                    }
+                    _ => value.push(c),
+                }
+            }
+            rest = &quoted[end..];
+            value
+        } else {
+            let end = rest.find(';').unwrap_or(rest.len());
+            let value = rest[..end].trim().to_owned();
+            rest = &rest[end..];
+            value
+        };
+        params.push((key, value));
+    }
+    params
+}
+
+/// Reads a `multipart/form-data` body (RFC 7578); the error is the message of OpenAI's 400.
+fn parse_form(content_type: Option<&str>, body: &Bytes) -> Result<Form, String> {
+    let not_a_form = || {
+        format!(
+            "Invalid Content-Type header ({}), expected multipart/form-data. (HINT: If you're \
+             using curl, you can pass -H 'Content-Type: multipart/form-data')",
+            content_type.unwrap_or("None")
+        )
+    };
+    let malformed = || "Could not parse multipart form".to_owned();
+    let Some(header) = content_type else {
+        return Err(not_a_form());
+    };
+    let (mime, params) = header.split_once(';').unwrap_or((header, ""));
+    if !mime.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return Err(not_a_form());
+    }
+    let Some((_, boundary)) = header_params(params)
+        .into_iter()
+        .find(|(key, value)| key == "boundary" && !value.is_empty())
+    else {
+        return Err(malformed());
+    };
+    let delimiter = format!("--{boundary}").into_bytes();
+    let next_delimiter = [b"\r\n".as_slice(), &delimiter].concat();
+    let mut position = find(body, &delimiter, 0).ok_or_else(malformed)? + delimiter.len();
+    let mut form = Form::default();
+    // Each delimiter is followed by `--` on the last one, else by its line's end and a part.
+    while !body[position..].starts_with(b"--") {
+        position = find(body, b"\r\n", position).ok_or_else(malformed)? + 2;
+        let (headers, start) = if body[position..].starts_with(b"\r\n") {
+            (String::new(), position + 2)
+        } else {
+            let end = find(body, b"\r\n\r\n", position).ok_or_else(malformed)?;
+            (
+                String::from_utf8_lossy(&body[position..end]).into_owned(),
+                end + 4,
+            )
+        };
+        let end = find(body, &next_delimiter, start).ok_or_else(malformed)?;
+        let mut part = Part {
+            name: String::new(),
+            filename: None,
+            content_type: None,
+            data: body.slice(start..end),
+        };
+        for line in headers.split("\r\n") {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("content-disposition") {
+                for (key, value) in header_params(value) {
+                    match key.as_str() {
+                        "name" => part.name = value,
+                        "filename" => part.filename = Some(value),
+                        _ => {}
+                    }
+                }
+            } else if name.trim().eq_ignore_ascii_case("content-type") {
+                part.content_type = Some(value.trim().to_owned());
+            }
+        }
+        form.parts.push(part);
+        position = end + next_delimiter.len();
+    }
+    Ok(form)
+}
+
+/// A form as the fake records it: each text field as a string, a file as `{"filename",
+/// "content_type", "bytes"}`, and a field sent as `name[]` or more than once as a list.
+fn describe_form(form: &Form) -> Value {
+    let mut fields = serde_json::Map::new();
+    for part in &form.parts {
+        let value = match &part.filename {
+            Some(filename) => json!({
+                "filename": filename,
+                "content_type": part.content_type,
+                "bytes": part.data.len(),
+            }),
+            None => Value::String(String::from_utf8_lossy(&part.data).into_owned()),
+        };
+        let repeated = part.name.ends_with("[]")
+            || form.parts.iter().filter(|p| p.name == part.name).count() > 1;
+        if !repeated {
+            fields.insert(part.name.clone(), value);
+        } else if let Value::Array(items) =
+            fields.entry(part.name.clone()).or_insert_with(|| json!([]))
+        {
+            items.push(value);
+        }
+    }
+    Value::Object(fields)
+}
+
+/// A recorded form as the JSON object `CreateTranscriptionRequest` describes: names without
+/// `[]`, a file as a string (the contract's `format: binary`), and numbers, booleans, lists and
+/// objects as such where the text reads as one.
+fn form_instance(body: &Value) -> Value {
+    let Some(fields) = body.as_object() else {
+        return body.clone();
+    };
+    let mut instance = serde_json::Map::new();
+    for (name, value) in fields {
+        let key = name.strip_suffix("[]").unwrap_or(name);
+        let value = match (key, value) {
+            (_, Value::Object(file)) if file.contains_key("filename") => json!("(binary)"),
+            ("temperature", Value::String(text)) => text
+                .parse::<f64>()
+                .map_or_else(|_| value.clone(), |number| json!(number)),
+            ("stream", Value::String(text)) if text == "true" || text == "false" => {
+                json!(text == "true")
+            }
+            ("chunking_strategy", Value::String(text)) => serde_json::from_str::<Value>(text)
+                .ok()
+                .filter(Value::is_object)
+                .unwrap_or_else(|| value.clone()),
+            (key, Value::String(_)) if LIST_FIELDS.contains(&key) => json!([value]),
+            _ => value.clone(),
+        };
+        match (instance.get_mut(key), value) {
+            (Some(Value::Array(items)), Value::Array(more)) => items.extend(more),
+            (_, value) => {
+                instance.insert(key.to_owned(), value);
+            }
+        }
+    }
+    Value::Object(instance)
+}
+
+/// What a transcription request asks for, checked as OpenAI checks it.
+#[derive(Debug)]
+struct TranscriptionJob {
+    /// `whisper-1`: billed by duration, every format, no streaming.
+    whisper: bool,
+    format: String,
+    /// `timestamp_granularities[]` includes `word`.
+    words: bool,
+    stream: bool,
+    /// The language's English name, in lower case.
+    language: String,
+    temperature: f64,
+    prompt: String,
+    /// What the audio "says".
+    text: String,
+}
+
+/// The transcript of an upload: its text when it is UTF-8 text, else [`FALLBACK_TRANSCRIPT`].
+fn transcript_of(audio: &[u8]) -> String {
+    match std::str::from_utf8(audio) {
+        Ok(text)
+            if !text.trim().is_empty()
+                && text.chars().all(|c| c.is_whitespace() || !c.is_control()) =>
+        {
+            text.trim().to_owned()
+        }
+        _ => FALLBACK_TRANSCRIPT.to_owned(),
+    }
+}
+
+/// The English name of an ISO-639-1 code, as `verbose_json` gives the language; other codes
+/// are returned as they are.
+fn language_name(code: &str) -> String {
+    let code = code.trim().to_ascii_lowercase();
+    let name = match code.as_str() {
+        "ar" => "arabic",
+        "de" => "german",
+        "en" => "english",
+        "es" => "spanish",
+        "fr" => "french",
+        "hi" => "hindi",
+        "it" => "italian",
+        "ja" => "japanese",
+        "ko" => "korean",
+        "nl" => "dutch",
+        "pl" => "polish",
+        "pt" => "portuguese",
+        "ru" => "russian",
+        "sv" => "swedish",
+        "tr" => "turkish",
+        "uk" => "ukrainian",
+        "zh" => "chinese",
+        _ => return code,
+    };
+    name.to_owned()
+}
+
+/// Checks a transcription form as OpenAI does.
+fn transcription_job(form: &Form) -> Result<TranscriptionJob, Answer> {
+    let file = form.file();
+    let model = form.text("model").filter(|model| !model.is_empty());
+    let missing: Vec<&str> = [("file", file.is_none()), ("model", model.is_none())]
+        .into_iter()
+        .filter_map(|(field, missing)| missing.then_some(field))
+        .collect();
+    let (Some(file), Some(model)) = (file, model) else {
+        // The audio endpoints answer missing fields with their framework's validation message.
+        let details: String = missing
+            .iter()
+            .map(|field| format!("\nbody -> {field}\n  field required (type=value_error.missing)"))
+            .collect();
+        let plural = if missing.len() == 1 { "" } else { "s" };
+        return Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{} validation error{plural} for Request{details}",
+                missing.len()
+            ),
+            None,
+            None,
+        ));
+    };
+    let whisper = model == "whisper-1";
+    let format = form
+        .text("response_format")
+        .unwrap_or_else(|| "json".to_owned());
+    if !AUDIO_FORMATS.contains(&format.as_str()) {
+        return Err(invalid_value("response_format", &format, &AUDIO_FORMATS));
+    }
+    let supported: &[&str] = if whisper {
+        &AUDIO_FORMATS[..5]
+    } else {
+        &AUDIO_FORMATS[..2]
+    };
+    if !supported.contains(&format.as_str()) {
+        let quoted: Vec<String> = supported.iter().map(|f| format!("'{f}'")).collect();
+        let (init, last) = quoted.split_at(quoted.len() - 1);
+        return Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "response_format '{format}' is not compatible with model '{model}'. Use {} or {} \
+                 instead.",
+                init.join(", "),
+                last[0]
+            ),
+            Some("response_format"),
+            Some("unsupported_value"),
+        ));
+    }
+    let granularities = form.texts(&["timestamp_granularities[]", "timestamp_granularities"]);
+    for granularity in &granularities {
+        if granularity != "word" && granularity != "segment" {
+            return Err(invalid_value(
+                "timestamp_granularities",
+                granularity,
+                &["word", "segment"],
+            ));
+        }
+    }
+    if !granularities.is_empty() && format != "verbose_json" {
+        return Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            "Unsupported parameter: 'timestamp_granularities' is only supported with \
+             response_format 'verbose_json'.",
+            Some("timestamp_granularities"),
+            Some("unsupported_parameter"),
+        ));
+    }
+    let temperature = match form.text("temperature") {
+        None => 0.0,
+        Some(text) => text
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| invalid_type("temperature", "a number", &Value::String(text)))?,
+    };
+    Ok(TranscriptionJob {
+        whisper,
+        // `whisper-1` ignores `stream`, as OpenAI documents.
+        stream: !whisper && form.text("stream").as_deref() == Some("true"),
+        words: granularities.iter().any(|g| g == "word"),
+        language: form
+            .text("language")
+            .map_or_else(|| "english".to_owned(), |code| language_name(&code)),
+        temperature,
+        prompt: form.text("prompt").unwrap_or_default(),
+        text: transcript_of(&file.data),
+        format,
+    })
+}
+
+/// When word `index` of a transcript starts, in seconds.
+fn word_start(index: usize) -> f64 {
+    index as f64 * SECONDS_PER_WORD
+}
+
+/// The audio's length: [`SECONDS_PER_WORD`] per word, at least a second.
+fn audio_duration(words: usize) -> f64 {
+    word_start(words).max(1.0)
+}
+
+/// The words of each sentence, ended by a word ending in `.`, `?` or `!`.
+fn sentences(words: &[&str]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for (index, word) in words.iter().enumerate() {
+        if word.ends_with(['.', '?', '!']) {
+            ranges.push(start..index + 1);
+            start = index + 1;
+        }
+    }
+    if start < words.len() {
+        ranges.push(start..words.len());
+    }
+    ranges
+}
+
+/// A subtitle timestamp: `00:00:01,500` in SRT, `00:00:01.500` in WebVTT.
+fn timestamp(seconds: f64, vtt: bool) -> String {
+    let millis = (seconds * 1000.0).round() as u64;
+    let separator = if vtt { '.' } else { ',' };
+    format!(
+        "{:02}:{:02}:{:02}{separator}{:03}",
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1000 % 60,
+        millis % 1000
+    )
+}
+
+/// The sentences as SRT or WebVTT cues.
+fn subtitles(words: &[&str], vtt: bool) -> String {
+    let mut out = if vtt {
+        "WEBVTT\n\n".to_owned()
+    } else {
+        String::new()
+    };
+    for (index, range) in sentences(words).into_iter().enumerate() {
+        if !vtt {
+            out.push_str(&format!("{}\n", index + 1));
+        }
+        out.push_str(&format!(
+            "{} --> {}\n{}\n\n",
+            timestamp(word_start(range.start), vtt),
+            timestamp(word_start(range.end), vtt),
+            words[range].join(" ")
+        ));
+    }
+    out
+}
+
+/// The usage of a transcription: by duration for `whisper-1`, else in tokens.
+fn transcription_usage(job: &TranscriptionJob, words: usize) -> Value {
+    let duration = audio_duration(words);
+    if job.whisper {
+        return json!({ "type": "duration", "seconds": duration.ceil() as u64 });
+    }
+    let audio_tokens = (duration * AUDIO_TOKENS_PER_SECOND as f64).round() as u64;
+    let text_tokens = count_tokens(&job.prompt);
+    let output_tokens = words as u64;
+    json!({
+        "type": "tokens",
+        "input_tokens": audio_tokens + text_tokens,
+        "input_token_details": { "text_tokens": text_tokens, "audio_tokens": audio_tokens },
+        "output_tokens": output_tokens,
+        "total_tokens": audio_tokens + text_tokens + output_tokens,
+    })
+}
+
+/// A `verbose_json` transcription: a segment per sentence, and the words if asked for.
+fn verbose_transcription(job: &TranscriptionJob, words: &[&str]) -> Value {
+    let segments: Vec<Value> = sentences(words)
+        .into_iter()
+        .enumerate()
+        .map(|(id, range)| {
+            let start = word_start(range.start);
+            let tokens: Vec<u64> = words[range.clone()]
+                .iter()
+                .map(|word| {
+                    let mut hasher = DefaultHasher::new();
+                    word.hash(&mut hasher);
+                    // Whisper's text tokens are those below 50257.
+                    hasher.finish() % 50_257
+                })
+                .collect();
+            json!({
+                "id": id,
+                // Whisper decodes 30 s windows; `seek` is the window's offset in 10 ms frames.
+                "seek": (start / 30.0).floor() as u64 * 3000,
+                "start": start,
+                "end": word_start(range.end),
+                "text": format!(" {}", words[range].join(" ")),
+                "tokens": tokens,
+                "temperature": job.temperature,
+                "avg_logprob": -0.25,
+                "compression_ratio": 1.2,
+                "no_speech_prob": 0.01,
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "task": "transcribe",
+        "language": job.language,
+        "duration": audio_duration(words.len()),
+        "text": job.text,
+        "segments": segments,
+        "usage": transcription_usage(job, words.len()),
+    });
+    if job.words {
+        let words: Vec<Value> = words
+            .iter()
+            .enumerate()
+            .map(|(index, word)| {
+                // Word timestamps come without the punctuation around the word.
+                let bare = word.trim_matches(|c: char| c.is_ascii_punctuation());
+                json!({
+                    "word": if bare.is_empty() { *word } else { bare },
+                    "start": word_start(index),
+                    "end": word_start(index + 1),
+                })
+            })
+            .collect();
+        body["words"] = json!(words);
+    }
+    body
+}
+
+fn default_transcription(form: &Form) -> Answer {
+    let job = match transcription_job(form) {
+        Ok(job) => job,
+        Err(answer) => return answer,
+    };
+    let words: Vec<&str> = job.text.split_whitespace().collect();
+    let usage = transcription_usage(&job, words.len());
+    if job.stream {
+        // Unlike chat streams, transcription streams end with their `done` event, no `[DONE]`.
+        let mut events: Vec<String> = word_pieces(&job.text)
+            .into_iter()
+            .map(|piece| json!({ "type": "transcript.text.delta", "delta": piece }).to_string())
+            .collect();
+        events.push(
+            json!({ "type": "transcript.text.done", "text": job.text, "usage": usage }).to_string(),
+        );
+        return Answer::Stream(events, false);
+    }
+    let body = match job.format.as_str() {
+        "text" => return Answer::Text(format!("{}\n", job.text)),
+        "srt" => return Answer::Text(subtitles(&words, false)),
+        "vtt" => return Answer::Text(subtitles(&words, true)),
+        "verbose_json" => verbose_transcription(&job, &words),
+        _ => json!({ "text": job.text, "usage": usage }),
+    };
+    Answer::Json(StatusCode::OK, body, Vec::new())
+}
+
+// ---- the contract of the image and audio endpoints ----
+
+/// Validates `instance` against one of OpenAI's image and transcription schemas: the
+/// [`MEDIA_SCHEMAS`] or any schema they reference.
+///
+/// [`crate::openai_contract`] holds the chat completions and embeddings schemas only; these come
+/// from the same published spec (`openapi.yaml`, API version 2.3.0), and are checked the same
+/// way (JSON Schema 2020-12). The errors read `{instance path}: {message}`.
+pub fn validate_media(schema: &str, instance: &Value) -> Result<(), Vec<String>> {
+    let validator = media_validator(schema).map_err(|error| vec![error])?;
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|error| {
+            let path = error.instance_path().as_str();
+            let path = if path.is_empty() { "/" } else { path };
+            format!("{path}: {error}")
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The compiled validator for one media schema; each is compiled once, on first use.
+fn media_validator(schema: &str) -> Result<Arc<jsonschema::Validator>, String> {
+    static SCHEMAS: OnceLock<Result<Value, String>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let schemas = SCHEMAS
+        .get_or_init(|| {
+            serde_json::from_str(MEDIA_SCHEMA_DOCUMENT)
+                .map_err(|err| format!("the fake OpenAI's media schemas are not JSON: {err}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(validator) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(schema)
+    {
+        return Ok(validator.clone());
+    }
+    if schemas.get(schema).is_none() {
+        return Err(format!(
+            "no schema {schema:?} among the OpenAI media schemas"
+        ));
+    }
+    // Wrapped as in the spec, so that each `#/components/schemas/...` resolves.
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{schema}"),
+        "components": { "schemas": schemas },
+    });
+    let compiled = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .map_err(|err| format!("compiling the OpenAI schema {schema}: {err}"))?;
+    let compiled = Arc::new(compiled);
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(schema.to_owned(), compiled.clone());
+    Ok(compiled)
+}
+
 /// The answer to a scripted reply; `None` for [`Reply::Hang`], which answers by default once
 /// the wait is over.
-fn scripted_answer(reply: Reply) -> Option<Answer> {
+fn scripted_answer(endpoint: Endpoint, reply: Reply) -> Option<Answer> {
     Some(match reply {
         Reply::Completion(body) => Answer::Json(StatusCode::OK, body, Vec::new()),
+        // Transcription streams end with their last event, without `[DONE]`.
+        Reply::Chunks(chunks) if endpoint == Endpoint::Transcriptions => {
+            Answer::Stream(chunks.iter().map(Value::to_string).collect(), false)
+        }
         Reply::Chunks(chunks) => stream_answer(chunks),
         Reply::Error {
             status,
@@ -847,6 +1948,13 @@ fn respond(answer: Answer, common: &Common) -> Response {
             "application/json",
             Body::from(body.to_string()),
             extra,
+            false,
+        ),
+        Answer::Text(text) => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            Body::from(text),
+            Vec::new(),
             false,
         ),
         Answer::Stream(events, closes) => {
@@ -907,25 +2015,69 @@ fn respond(answer: Answer, common: &Common) -> Response {
     response
 }
 
+/// `GET /v1/files/{name}`: an image answered as a URL. No key is needed, as OpenAI's image URLs
+/// are signed blob URLs; downloads are recorded, but consume no scripted reply.
+fn download(state: &Shared, path: &str, name: &str, headers: HeaderMap) -> Response {
+    let file = {
+        let mut state = lock(state);
+        state.requests.push(Recorded {
+            path: path.to_owned(),
+            headers,
+            body: Value::Null,
+        });
+        state.files.get(name).cloned()
+    };
+    let (status, content_type, body) = match file {
+        Some(png) => (StatusCode::OK, "image/png", Body::from(png)),
+        None => {
+            let message = format!("No such file: '{name}'.");
+            let error = FakeOpenAi::error_body(&message, "invalid_request_error", None, None);
+            (
+                StatusCode::NOT_FOUND,
+                "application/json",
+                Body::from(error.to_string()),
+            )
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    set_header(response.headers_mut(), "content-type", content_type);
+    response
+}
+
 async fn handle(
     AxumState(state): AxumState<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    raw: Bytes,
 ) -> Response {
     let started = Instant::now();
     let path = uri.path().to_owned();
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    };
+    if method == Method::GET
+        && let Some(name) = path.strip_prefix("/v1/files/")
+    {
+        return download(&state, &path, name, headers);
+    }
     let endpoint = match (method.as_str(), path.as_str()) {
         ("POST", "/v1/chat/completions") => Some(Endpoint::Chat),
         ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
+        ("POST", "/v1/images/generations") => Some(Endpoint::Images),
+        ("POST", "/v1/audio/transcriptions") => Some(Endpoint::Transcriptions),
         _ => None,
+    };
+    // Transcriptions come as forms; the error is OpenAI's message for a body that is not one.
+    let form = (endpoint == Some(Endpoint::Transcriptions)).then(|| {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok());
+        parse_form(content_type, &raw)
+    });
+    let body = match &form {
+        Some(Ok(form)) => describe_form(form),
+        _ if raw.is_empty() => Value::Null,
+        _ => serde_json::from_slice(&raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned())),
     };
     let mut common = Common {
         organization: String::new(),
@@ -933,6 +2085,11 @@ async fn handle(
         served: 0,
         prompt_tokens: match endpoint {
             Some(Endpoint::Embeddings) => input_tokens(&body),
+            Some(Endpoint::Images) => body
+                .get("prompt")
+                .and_then(Value::as_str)
+                .map_or(0, count_tokens),
+            Some(Endpoint::Transcriptions) => 0,
             _ => prompt_tokens(&body),
         },
         chunk_delay: Duration::ZERO,
@@ -956,7 +2113,15 @@ async fn handle(
                     None,
                 ));
             };
-            check_request(endpoint, &body)?;
+            match &form {
+                Some(Ok(form)) => {
+                    transcription_job(form)?;
+                }
+                Some(Err(message)) => {
+                    return Err(error_answer(StatusCode::BAD_REQUEST, message, None, None));
+                }
+                None => check_request(endpoint, &body)?,
+            }
             Ok((endpoint, state.replies.pop_front()))
         })
     };
@@ -966,13 +2131,295 @@ async fn handle(
             if let Some(Reply::Hang(wait)) = reply {
                 tokio::time::sleep(wait).await;
             }
+            let form = form.as_ref().and_then(|form| form.as_ref().ok());
             reply
-                .and_then(scripted_answer)
-                .unwrap_or_else(|| default_answer(endpoint, &body))
+                .and_then(|reply| scripted_answer(endpoint, reply))
+                .unwrap_or_else(|| default_answer(endpoint, &body, form, &state))
         }
     };
     respond(answer, &common)
 }
+
+/// OpenAI's schemas of the image and transcription endpoints, copied from its published OpenAPI
+/// description (`openapi.yaml`, API version 2.3.0, the spec `specs/openai/schemas.json` was
+/// extracted from): the [`MEDIA_SCHEMAS`] and every schema they reference, by name as under
+/// `#/components/schemas`. Only validation keywords are kept (descriptions, examples, defaults
+/// and `x-*` annotations are dropped), and OpenAPI 3.0's `nullable: true` is written as
+/// JSON Schema's `anyOf: [schema, {"type": "null"}]`, as [`crate::openai_contract`] does.
+const MEDIA_SCHEMA_DOCUMENT: &str = r##"{
+  "CreateImageRequest": {
+    "type": "object",
+    "properties": {
+      "prompt": {"type": "string"},
+      "model": {
+        "anyOf": [
+          {
+            "anyOf": [
+              {"type": "string"},
+              {
+                "type": "string",
+                "enum": ["gpt-image-1.5", "gpt-image-2", "gpt-image-2-2026-04-21", "dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"]
+              }
+            ]
+          },
+          {"type": "null"}
+        ]
+      },
+      "n": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10}, {"type": "null"}]},
+      "quality": {
+        "anyOf": [
+          {"type": "string", "enum": ["standard", "hd", "low", "medium", "high", "auto"]},
+          {"type": "null"}
+        ]
+      },
+      "response_format": {"anyOf": [{"type": "string", "enum": ["url", "b64_json"]}, {"type": "null"}]},
+      "output_format": {"anyOf": [{"type": "string", "enum": ["png", "jpeg", "webp"]}, {"type": "null"}]},
+      "output_compression": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+      "stream": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+      "partial_images": {"$ref": "#/components/schemas/PartialImages"},
+      "size": {
+        "anyOf": [
+          {
+            "anyOf": [
+              {"type": "string"},
+              {
+                "type": "string",
+                "enum": ["auto", "1024x1024", "1536x1024", "1024x1536", "256x256", "512x512", "1792x1024", "1024x1792"]
+              }
+            ]
+          },
+          {"type": "null"}
+        ]
+      },
+      "moderation": {"anyOf": [{"type": "string", "enum": ["low", "auto"]}, {"type": "null"}]},
+      "background": {
+        "anyOf": [{"type": "string", "enum": ["transparent", "opaque", "auto"]}, {"type": "null"}]
+      },
+      "style": {"anyOf": [{"type": "string", "enum": ["vivid", "natural"]}, {"type": "null"}]},
+      "user": {"type": "string"}
+    },
+    "required": ["prompt"]
+  },
+  "ImagesResponse": {
+    "type": "object",
+    "properties": {
+      "created": {"type": "integer", "format": "unixtime"},
+      "data": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
+      "background": {"type": "string", "enum": ["transparent", "opaque"]},
+      "output_format": {"type": "string", "enum": ["png", "webp", "jpeg"]},
+      "size": {"type": "string", "enum": ["1024x1024", "1024x1536", "1536x1024"]},
+      "quality": {"type": "string", "enum": ["low", "medium", "high"]},
+      "usage": {"$ref": "#/components/schemas/ImageGenUsage"}
+    },
+    "required": ["created"]
+  },
+  "CreateTranscriptionRequest": {
+    "type": "object",
+    "additionalProperties": false,
+    "properties": {
+      "file": {"type": "string", "format": "binary"},
+      "model": {
+        "anyOf": [
+          {"type": "string"},
+          {
+            "type": "string",
+            "enum": ["whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize"]
+          }
+        ]
+      },
+      "language": {"type": "string"},
+      "languages": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+      "keywords": {"type": "array", "items": {"type": "string"}},
+      "prompt": {"type": "string"},
+      "response_format": {"$ref": "#/components/schemas/AudioResponseFormat"},
+      "temperature": {"type": "number"},
+      "include": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionInclude"}},
+      "timestamp_granularities": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+      "stream": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+      "chunking_strategy": {
+        "anyOf": [
+          {
+            "anyOf": [{"type": "string", "enum": ["auto"]}, {"$ref": "#/components/schemas/VadConfig"}]
+          },
+          {"type": "null"}
+        ]
+      },
+      "known_speaker_names": {"type": "array", "maxItems": 4, "items": {"type": "string"}},
+      "known_speaker_references": {"type": "array", "maxItems": 4, "items": {"type": "string"}}
+    },
+    "required": ["file", "model"]
+  },
+  "CreateTranscriptionResponseJson": {
+    "type": "object",
+    "properties": {
+      "text": {"type": "string"},
+      "languages": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionLanguage"}},
+      "logprobs": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "properties": {
+            "token": {"type": "string"},
+            "logprob": {"type": "number"},
+            "bytes": {"type": "array", "items": {"type": "number"}}
+          }
+        }
+      },
+      "usage": {
+        "type": "object",
+        "oneOf": [
+          {"$ref": "#/components/schemas/TranscriptTextUsageTokens"},
+          {"$ref": "#/components/schemas/TranscriptTextUsageDuration"}
+        ]
+      }
+    },
+    "required": ["text"]
+  },
+  "CreateTranscriptionResponseVerboseJson": {
+    "type": "object",
+    "properties": {
+      "language": {"type": "string"},
+      "duration": {"type": "number", "format": "double"},
+      "text": {"type": "string"},
+      "words": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionWord"}},
+      "segments": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionSegment"}},
+      "usage": {"$ref": "#/components/schemas/TranscriptTextUsageDuration"}
+    },
+    "required": ["language", "duration", "text"]
+  },
+  "TranscriptTextDeltaEvent": {
+    "type": "object",
+    "properties": {
+      "type": {"type": "string", "enum": ["transcript.text.delta"]},
+      "delta": {"type": "string"},
+      "logprobs": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "properties": {
+            "token": {"type": "string"},
+            "logprob": {"type": "number"},
+            "bytes": {"type": "array", "items": {"type": "integer"}}
+          }
+        }
+      },
+      "segment_id": {"type": "string"}
+    },
+    "required": ["type", "delta"]
+  },
+  "TranscriptTextDoneEvent": {
+    "type": "object",
+    "properties": {
+      "type": {"type": "string", "enum": ["transcript.text.done"]},
+      "text": {"type": "string"},
+      "languages": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionLanguage"}},
+      "logprobs": {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "properties": {
+            "token": {"type": "string"},
+            "logprob": {"type": "number"},
+            "bytes": {"type": "array", "items": {"type": "integer"}}
+          }
+        }
+      },
+      "usage": {"$ref": "#/components/schemas/TranscriptTextUsageTokens"}
+    },
+    "required": ["type", "text"]
+  },
+  "PartialImages": {"anyOf": [{"type": "integer", "maximum": 3, "minimum": 0}, {"type": "null"}]},
+  "Image": {
+    "type": "object",
+    "properties": {
+      "b64_json": {"type": "string"},
+      "url": {"type": "string", "format": "uri"},
+      "revised_prompt": {"type": "string"}
+    }
+  },
+  "ImageGenUsage": {
+    "properties": {
+      "input_tokens": {"type": "integer"},
+      "total_tokens": {"type": "integer"},
+      "output_tokens": {"type": "integer"},
+      "output_tokens_details": {"$ref": "#/components/schemas/ImageGenOutputTokensDetails"},
+      "input_tokens_details": {"$ref": "#/components/schemas/ImageGenInputUsageDetails"}
+    },
+    "type": "object",
+    "required": ["input_tokens", "total_tokens", "output_tokens", "input_tokens_details"]
+  },
+  "AudioResponseFormat": {"type": "string", "enum": ["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]},
+  "TranscriptionInclude": {"type": "string", "enum": ["logprobs"]},
+  "VadConfig": {
+    "type": "object",
+    "additionalProperties": false,
+    "required": ["type"],
+    "properties": {
+      "type": {"type": "string", "enum": ["server_vad"]},
+      "prefix_padding_ms": {"type": "integer"},
+      "silence_duration_ms": {"type": "integer"},
+      "threshold": {"type": "number"}
+    }
+  },
+  "TranscriptionLanguage": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]},
+  "TranscriptTextUsageTokens": {
+    "type": "object",
+    "properties": {
+      "type": {"type": "string", "enum": ["tokens"]},
+      "input_tokens": {"type": "integer"},
+      "input_token_details": {
+        "type": "object",
+        "properties": {"text_tokens": {"type": "integer"}, "audio_tokens": {"type": "integer"}}
+      },
+      "output_tokens": {"type": "integer"},
+      "total_tokens": {"type": "integer"}
+    },
+    "required": ["type", "input_tokens", "output_tokens", "total_tokens"]
+  },
+  "TranscriptTextUsageDuration": {
+    "type": "object",
+    "properties": {
+      "type": {"type": "string", "enum": ["duration"]},
+      "seconds": {"type": "number", "format": "double"}
+    },
+    "required": ["type", "seconds"]
+  },
+  "TranscriptionWord": {
+    "type": "object",
+    "properties": {
+      "word": {"type": "string"},
+      "start": {"type": "number", "format": "double"},
+      "end": {"type": "number", "format": "double"}
+    },
+    "required": ["word", "start", "end"]
+  },
+  "TranscriptionSegment": {
+    "type": "object",
+    "properties": {
+      "id": {"type": "integer"},
+      "seek": {"type": "integer"},
+      "start": {"type": "number", "format": "double"},
+      "end": {"type": "number", "format": "double"},
+      "text": {"type": "string"},
+      "tokens": {"type": "array", "items": {"type": "integer"}},
+      "temperature": {"type": "number", "format": "float"},
+      "avg_logprob": {"type": "number", "format": "float"},
+      "compression_ratio": {"type": "number", "format": "float"},
+      "no_speech_prob": {"type": "number", "format": "float"}
+    },
+    "required": ["id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"]
+  },
+  "ImageGenOutputTokensDetails": {
+    "properties": {"image_tokens": {"type": "integer"}, "text_tokens": {"type": "integer"}},
+    "type": "object",
+    "required": ["image_tokens", "text_tokens"]
+  },
+  "ImageGenInputUsageDetails": {
+    "properties": {"text_tokens": {"type": "integer"}, "image_tokens": {"type": "integer"}},
+    "type": "object",
+    "required": ["text_tokens", "image_tokens"]
+  }
+}"##;
 
 #[cfg(test)]
 mod tests {
@@ -985,7 +2432,9 @@ mod tests {
         status: u16,
         /// Lower-case names.
         headers: Vec<(String, String)>,
+        /// The body as text (lossily, for a binary one).
         body: String,
+        bytes: Vec<u8>,
     }
 
     impl HttpResponse {
@@ -1056,7 +2505,39 @@ mod tests {
 
         /// Sends a raw request and reads its response.
         async fn send(&mut self, request: &str) -> HttpResponse {
-            self.stream.write_all(request.as_bytes()).await.unwrap();
+            self.send_bytes(request.as_bytes()).await
+        }
+
+        /// Posts a body with its content type, such as a form.
+        async fn post_bytes(
+            &mut self,
+            path: &str,
+            key: Option<&str>,
+            content_type: &str,
+            body: &[u8],
+        ) -> HttpResponse {
+            let auth = key
+                .map(|k| format!("Authorization: Bearer {k}\r\n"))
+                .unwrap_or_default();
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                self.host,
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(body);
+            self.send_bytes(&request).await
+        }
+
+        /// A `GET` without a key.
+        async fn get(&mut self, path: &str) -> HttpResponse {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+            self.send(&request).await
+        }
+
+        /// Sends raw bytes and reads the response.
+        async fn send_bytes(&mut self, request: &[u8]) -> HttpResponse {
+            self.stream.write_all(request).await.unwrap();
             let mut line = String::new();
             self.stream.read_line(&mut line).await.unwrap();
             let status = line[9..12].parse().unwrap();
@@ -1073,6 +2554,7 @@ mod tests {
                 status,
                 headers,
                 body: String::new(),
+                bytes: Vec::new(),
             };
             let mut body = Vec::new();
             if let Some(length) = response.header("content-length") {
@@ -1093,7 +2575,8 @@ mod tests {
             } else {
                 self.stream.read_to_end(&mut body).await.unwrap();
             }
-            response.body = String::from_utf8(body).unwrap();
+            response.body = String::from_utf8_lossy(&body).into_owned();
+            response.bytes = body;
             response
         }
 
@@ -1132,6 +2615,96 @@ mod tests {
             panic!("{schema}: {errors:#?}\n{body:#}");
         }
     }
+
+    fn assert_media_valid(schema: &str, body: &Value) {
+        if let Err(errors) = validate_media(schema, body) {
+            panic!("{schema}: {errors:#?}\n{body:#}");
+        }
+    }
+
+    /// A `multipart/form-data` body of a `file` (name and bytes, sent as `audio/mpeg`) and these
+    /// text fields, and its content type.
+    fn form(file: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+        let boundary = "----switchyard-test-7d2f";
+        let mut body = Vec::new();
+        if let Some((filename, data)) = file {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+                     filename=\"{filename}\"\r\nContent-Type: audio/mpeg\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        (format!("multipart/form-data; boundary={boundary}"), body)
+    }
+
+    /// Uploads `audio` as `speech.mp3` with these fields.
+    async fn transcribe(fake: &FakeOpenAi, audio: &[u8], fields: &[(&str, &str)]) -> HttpResponse {
+        let (content_type, body) = form(Some(("speech.mp3", audio)), fields);
+        Connection::open(fake)
+            .await
+            .post_bytes(
+                "/v1/audio/transcriptions",
+                Some(DEFAULT_API_KEY),
+                &content_type,
+                &body,
+            )
+            .await
+    }
+
+    /// Walks a PNG's chunks, checking each one's CRC, and inflates its zlib stream of stored
+    /// blocks: the scanlines. Returns the IHDR data and the scanlines.
+    fn read_png(png: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        assert_eq!(png[..8], PNG_SIGNATURE);
+        let mut position = 8;
+        let (mut header, mut idat, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        while position < png.len() {
+            let length = u32::from_be_bytes(png[position..position + 4].try_into().unwrap());
+            let length = length as usize;
+            let chunk = &png[position + 4..position + 8 + length];
+            let crc = &png[position + 8 + length..position + 12 + length];
+            assert_eq!(crc, crc32(chunk).to_be_bytes());
+            let (kind, data) = chunk.split_at(4);
+            match kind {
+                b"IHDR" => header = data.to_vec(),
+                b"IDAT" => idat.extend_from_slice(data),
+                _ => {}
+            }
+            kinds.push(String::from_utf8(kind.to_vec()).unwrap());
+            position += 12 + length;
+        }
+        assert_eq!(kinds, ["IHDR", "IDAT", "IEND"]);
+        assert_eq!(
+            u16::from_be_bytes([idat[0], idat[1]]) % 31,
+            0,
+            "zlib header"
+        );
+        assert_eq!(idat[0] & 0x0f, 8, "deflate");
+        assert_eq!(idat[2], 1, "a final stored block");
+        let length = u16::from_le_bytes([idat[3], idat[4]]);
+        assert_eq!(!length, u16::from_le_bytes([idat[5], idat[6]]));
+        let scanlines = idat[7..7 + usize::from(length)].to_vec();
+        assert_eq!(
+            idat[7 + usize::from(length)..],
+            adler32(&scanlines).to_be_bytes()
+        );
+        (header, scanlines)
+    }
+
+    /// The text the transcription tests upload as audio: 6 words, 2 sentences, 3 seconds.
+    const SPEECH: &str = "Hello there.  How are you today?\n";
 
     #[tokio::test]
     async fn a_default_completion_echoes_the_last_user_message() {
@@ -1601,5 +3174,749 @@ mod tests {
         assert_eq!(word_pieces(" lead and "), [" lead", " and "]);
         assert_eq!(mask_key("sk-abcdefgh1234"), "sk-********1234");
         assert_eq!(mask_key("short"), "*****");
+    }
+
+    #[test]
+    fn checksums_and_pngs_are_built_to_the_standards() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b"IEND"), 0xae42_6082);
+        assert_eq!(adler32(b"Wikipedia"), 0x11e6_0398);
+        let empty = zlib_stored(b"");
+        assert_eq!(empty, [0x78, 0x01, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 1]);
+
+        let png = png_image("a seed", false);
+        let (header, scanlines) = read_png(&png);
+        // 2×2, 8-bit RGB, deflate, adaptive filtering, no interlace.
+        assert_eq!(header, [0, 0, 0, 2, 0, 0, 0, 2, 8, 2, 0, 0, 0]);
+        assert_eq!(scanlines.len(), 2 * (1 + 2 * 3));
+        assert_eq!((scanlines[0], scanlines[7]), (0, 0), "filter bytes");
+        assert_eq!(png_image("a seed", false), png);
+        assert_ne!(png_image("another seed", false), png);
+
+        let (header, scanlines) = read_png(&png_image("a seed", true));
+        assert_eq!(header[9], 6, "RGBA");
+        assert_eq!(scanlines.len(), 2 * (1 + 2 * 4));
+        let alphas = [scanlines[4], scanlines[8], scanlines[13], scanlines[17]];
+        assert_eq!(alphas, [0xff, 0, 0, 0xff]);
+    }
+
+    #[tokio::test]
+    async fn a_dall_e_3_image_is_a_png_served_at_its_url() {
+        let fake = FakeOpenAi::start().await;
+        let mut request = json!({
+            "model": "dall-e-3",
+            "prompt": "A lighthouse at dusk",
+            "size": "1792x1024",
+            "quality": "hd",
+            "style": "natural",
+        });
+        let response = post(&fake, "/v1/images/generations", &request).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert!(response.header("x-request-id").is_some());
+        assert_eq!(
+            response.header("x-ratelimit-remaining-tokens"),
+            Some("29999996")
+        );
+        let body = response.json();
+        assert_media_valid("ImagesResponse", &body);
+        assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+        assert!(body.get("usage").is_none() && body.get("size").is_none());
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(
+            data[0]["revised_prompt"],
+            format!("{REVISED_PROMPT_PREFIX}A lighthouse at dusk")
+        );
+        assert!(data[0].get("b64_json").is_none());
+        let url = data[0]["url"].as_str().unwrap();
+        let name = url
+            .strip_prefix(&format!("{}/files/", fake.base_url()))
+            .unwrap();
+        let id = name.strip_prefix("img-").unwrap().strip_suffix(".png");
+        assert!(
+            id.is_some_and(|id| id.len() == 24 && id.chars().all(|c| c.is_ascii_hexdigit())),
+            "{url}"
+        );
+
+        // No key is needed, as for OpenAI's signed URLs.
+        let path = &url[url.find("/v1/").unwrap()..];
+        let mut connection = Connection::open(&fake).await;
+        let download = connection.get(path).await;
+        assert_eq!(download.status, 200);
+        assert_eq!(download.header("content-type"), Some("image/png"));
+        let png = download.bytes;
+        assert_eq!(png[..8], PNG_SIGNATURE);
+        assert_eq!(png[12..16], *b"IHDR");
+        assert_eq!(
+            png[png.len() - 8..],
+            [b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82]
+        );
+        let (header, _) = read_png(&png);
+        assert_eq!(header[9], 2, "RGB");
+        let missing = connection.get("/v1/files/img-0123.png").await;
+        assert_eq!(missing.status, 404);
+        assert_valid("ErrorResponse", &missing.json());
+
+        // As base64, the same request draws the same picture.
+        request["response_format"] = json!("b64_json");
+        let body = post(&fake, "/v1/images/generations", &request).await.json();
+        assert_media_valid("ImagesResponse", &body);
+        assert!(body["data"][0].get("url").is_none());
+        let b64 = body["data"][0]["b64_json"].as_str().unwrap();
+        assert_eq!(BASE64.decode(b64).unwrap(), png);
+
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 4);
+        assert_eq!(requests[1].path, path);
+        assert_eq!(requests[1].body, Value::Null);
+        assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn gpt_image_models_answer_base64_with_usage_and_the_settings_used() {
+        let fake = FakeOpenAi::start().await;
+        let request = json!({
+            "model": "gpt-image-1",
+            "prompt": "a red fox in the snow",
+            "n": 2,
+            "size": "1536x1024",
+            "quality": "high",
+            "background": "transparent",
+        });
+        let response = post(&fake, "/v1/images/generations", &request).await;
+        assert_eq!(response.status, 200);
+        let body = response.json();
+        assert_media_valid("ImagesResponse", &body);
+        assert_eq!(body["size"], "1536x1024");
+        assert_eq!(body["quality"], "high");
+        assert_eq!(body["output_format"], "png");
+        assert_eq!(body["background"], "transparent");
+        // 6 words in; 6240 tokens per high-quality 1536x1024 image out.
+        assert_eq!(
+            body["usage"],
+            json!({
+                "total_tokens": 12_486,
+                "input_tokens": 6,
+                "output_tokens": 12_480,
+                "input_tokens_details": { "text_tokens": 6, "image_tokens": 0 },
+            })
+        );
+        let images: Vec<Vec<u8>> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| {
+                assert_eq!(image.as_object().unwrap().len(), 1, "{image}");
+                BASE64.decode(image["b64_json"].as_str().unwrap()).unwrap()
+            })
+            .collect();
+        assert_eq!(images.len(), 2);
+        assert_ne!(images[0], images[1]);
+        for png in &images {
+            assert_eq!(read_png(png).0[9], 6, "RGBA for a transparent background");
+        }
+        let again = post(&fake, "/v1/images/generations", &request).await.json();
+        assert_eq!(again["data"], body["data"]);
+
+        // `auto` is 1024x1024, medium and opaque.
+        let request = json!({ "model": "gpt-image-1-mini", "prompt": "a cat" });
+        let body = post(&fake, "/v1/images/generations", &request).await.json();
+        assert_media_valid("ImagesResponse", &body);
+        assert_eq!(
+            (&body["size"], &body["quality"], &body["background"]),
+            (&json!("1024x1024"), &json!("medium"), &json!("opaque"))
+        );
+        assert_eq!(body["usage"]["output_tokens"], 1056);
+        assert_eq!(body["usage"]["total_tokens"], 1058);
+
+        let request = json!({
+            "model": "gpt-image-1.5",
+            "prompt": "a cat",
+            "n": 3,
+            "size": "1024x1536",
+            "quality": "low",
+            "output_format": "webp",
+        });
+        let body = post(&fake, "/v1/images/generations", &request).await.json();
+        assert_media_valid("ImagesResponse", &body);
+        assert_eq!(body["output_format"], "webp");
+        assert_eq!(body["usage"]["output_tokens"], 3 * 408);
+        assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn image_requests_outside_a_models_rules_get_openais_400s() {
+        let fake = FakeOpenAi::start().await;
+        fake.push(FakeOpenAi::server_error());
+        let cases = [
+            (
+                json!({ "model": "dall-e-3", "prompt": "p", "n": 2 }),
+                "n",
+                "integer_above_max_value",
+                "Invalid 'n': integer above maximum value. Expected a value <= 1, but got 2 \
+                 instead.",
+            ),
+            (
+                json!({ "model": "dall-e-3", "prompt": "p", "size": "1536x1024" }),
+                "size",
+                "invalid_value",
+                "Invalid value: '1536x1024'. Supported values are: '1024x1024', '1792x1024', \
+                 and '1024x1792'.",
+            ),
+            (
+                json!({ "model": "dall-e-3", "prompt": "p", "quality": "high" }),
+                "quality",
+                "invalid_value",
+                "Invalid value: 'high'. Supported values are: 'standard', 'hd', and 'auto'.",
+            ),
+            (
+                json!({ "model": "dall-e-3", "prompt": "p", "style": "anime" }),
+                "style",
+                "invalid_value",
+                "Invalid value: 'anime'. Supported values are: 'vivid' and 'natural'.",
+            ),
+            (
+                json!({ "model": "dall-e-3", "prompt": "p", "response_format": "png" }),
+                "response_format",
+                "invalid_value",
+                "Invalid value: 'png'. Supported values are: 'url' and 'b64_json'.",
+            ),
+            (
+                json!({ "prompt": "p", "size": "1024x1792" }),
+                "size",
+                "invalid_value",
+                "Invalid value: '1024x1792'. Supported values are: '256x256', '512x512', and \
+                 '1024x1024'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "response_format": "b64_json" }),
+                "response_format",
+                "unknown_parameter",
+                "Unknown parameter: 'response_format'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1-mini", "prompt": "p", "response_format": "url" }),
+                "response_format",
+                "unknown_parameter",
+                "Unknown parameter: 'response_format'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "size": "1792x1024" }),
+                "size",
+                "invalid_value",
+                "Invalid value: '1792x1024'. Supported values are: '1024x1024', '1024x1536', \
+                 '1536x1024', and 'auto'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "n": 11 }),
+                "n",
+                "integer_above_max_value",
+                "Invalid 'n': integer above maximum value. Expected a value <= 10, but got 11 \
+                 instead.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "n": 0 }),
+                "n",
+                "integer_below_min_value",
+                "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 \
+                 instead.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "n": "2" }),
+                "n",
+                "invalid_type",
+                "Invalid type for 'n': expected an integer, but got a string instead.",
+            ),
+            (
+                json!({ "model": "gpt-image-1.5", "prompt": "p", "quality": "hd" }),
+                "quality",
+                "invalid_value",
+                "Invalid value: 'hd'. Supported values are: 'low', 'medium', 'high', and \
+                 'auto'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1", "prompt": "p", "output_format": "gif" }),
+                "output_format",
+                "invalid_value",
+                "Invalid value: 'gif'. Supported values are: 'png', 'jpeg', and 'webp'.",
+            ),
+            (
+                json!({ "model": "gpt-image-1" }),
+                "prompt",
+                "missing_required_parameter",
+                "Missing required parameter: 'prompt'.",
+            ),
+        ];
+        let mut connection = Connection::open(&fake).await;
+        for (request, param, code, message) in &cases {
+            let response = connection
+                .post(
+                    "/v1/images/generations",
+                    Some(DEFAULT_API_KEY),
+                    &request.to_string(),
+                )
+                .await;
+            assert_eq!(response.status, 400, "{request}");
+            let body = response.json();
+            assert_valid("ErrorResponse", &body);
+            assert_eq!(
+                body["error"],
+                json!({
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": code,
+                }),
+                "{request}"
+            );
+        }
+        // Refused requests leave the script alone; the contract sees some of them too.
+        assert_eq!(fake.pending_replies(), 1);
+        let violations = fake.contract_violations();
+        for prefix in [
+            "9 /v1/images/generations/n: ",
+            "14 /v1/images/generations/: ",
+        ] {
+            assert!(
+                violations.iter().any(|v| v.starts_with(prefix)),
+                "{prefix} {violations:?}"
+            );
+        }
+        let response = connection
+            .post(
+                "/v1/images/generations",
+                None,
+                &json!({ "prompt": "p" }).to_string(),
+            )
+            .await;
+        assert_eq!(response.status, 401);
+        let response = post(&fake, "/v1/images/generations", &json!({ "prompt": "p" })).await;
+        assert_eq!(response.status, 500);
+        assert_eq!(fake.pending_replies(), 0);
+    }
+
+    #[tokio::test]
+    async fn whisper_answers_every_response_format() {
+        let fake = FakeOpenAi::start().await;
+        let text = "Hello there.  How are you today?";
+        let response = transcribe(&fake, SPEECH.as_bytes(), &[("model", "whisper-1")]).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert!(response.header("x-ratelimit-remaining-requests").is_some());
+        let body = response.json();
+        assert_media_valid("CreateTranscriptionResponseJson", &body);
+        assert_eq!(
+            body,
+            json!({ "text": text, "usage": { "type": "duration", "seconds": 3 } })
+        );
+
+        let response = transcribe(
+            &fake,
+            SPEECH.as_bytes(),
+            &[("model", "whisper-1"), ("response_format", "text")],
+        )
+        .await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(response.body, format!("{text}\n"));
+
+        let response = transcribe(
+            &fake,
+            SPEECH.as_bytes(),
+            &[("model", "whisper-1"), ("response_format", "srt")],
+        )
+        .await;
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(
+            response.body,
+            "1\n00:00:00,000 --> 00:00:01,000\nHello there.\n\n\
+             2\n00:00:01,000 --> 00:00:03,000\nHow are you today?\n\n"
+        );
+
+        let response = transcribe(
+            &fake,
+            SPEECH.as_bytes(),
+            &[("model", "whisper-1"), ("response_format", "vtt")],
+        )
+        .await;
+        assert_eq!(
+            response.body,
+            "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\nHello there.\n\n\
+             00:00:01.000 --> 00:00:03.000\nHow are you today?\n\n"
+        );
+
+        let fields = [
+            ("model", "whisper-1"),
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"),
+            ("timestamp_granularities[]", "segment"),
+            ("language", "fr"),
+            ("temperature", "0.2"),
+        ];
+        let response = transcribe(&fake, SPEECH.as_bytes(), &fields).await;
+        assert_eq!(response.status, 200);
+        let body = response.json();
+        assert_media_valid("CreateTranscriptionResponseVerboseJson", &body);
+        assert_eq!(body["task"], "transcribe");
+        assert_eq!(body["language"], "french");
+        assert_eq!(body["duration"], 3.0);
+        assert_eq!(body["text"], text);
+        assert_eq!(body["usage"], json!({ "type": "duration", "seconds": 3 }));
+        let segments = body["segments"].as_array().unwrap();
+        assert_eq!(segments.len(), 2);
+        for (segment, (id, start, end, text, tokens)) in segments.iter().zip([
+            (0, 0.0, 1.0, " Hello there.", 2),
+            (1, 1.0, 3.0, " How are you today?", 4),
+        ]) {
+            assert_eq!(segment["id"], id);
+            assert_eq!(segment["seek"], 0);
+            assert_eq!(segment["start"], start);
+            assert_eq!(segment["end"], end);
+            assert_eq!(segment["text"], text);
+            assert_eq!(segment["tokens"].as_array().unwrap().len(), tokens);
+            assert_eq!(segment["temperature"], 0.2);
+            for field in ["avg_logprob", "compression_ratio", "no_speech_prob"] {
+                assert!(segment[field].is_f64(), "{field}");
+            }
+        }
+        let words: Vec<(&str, f64, f64)> = body["words"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let time = |key: &str| w[key].as_f64().unwrap();
+                (w["word"].as_str().unwrap(), time("start"), time("end"))
+            })
+            .collect();
+        assert_eq!(
+            words,
+            [
+                ("Hello", 0.0, 0.5),
+                ("there", 0.5, 1.0),
+                ("How", 1.0, 1.5),
+                ("are", 1.5, 2.0),
+                ("you", 2.0, 2.5),
+                ("today", 2.5, 3.0),
+            ]
+        );
+
+        // Segments only, by default; a second at least; the fixed sentence for real audio.
+        let response = transcribe(
+            &fake,
+            b"Hi",
+            &[("model", "whisper-1"), ("response_format", "verbose_json")],
+        )
+        .await;
+        let body = response.json();
+        assert_media_valid("CreateTranscriptionResponseVerboseJson", &body);
+        assert!(body.get("words").is_none());
+        assert_eq!(body["language"], "english");
+        assert_eq!(body["duration"], 1.0);
+        assert_eq!(body["segments"][0]["end"], 0.5);
+        let audio = [0x49, 0x44, 0x33, 0x04, 0x00, 0xff, 0xfb, 0x90, 0x64, 0x00];
+        let body = transcribe(&fake, &audio, &[("model", "whisper-1")])
+            .await
+            .json();
+        assert_eq!(body["text"], FALLBACK_TRANSCRIPT);
+        // 9 words: 4.5 seconds, billed as 5.
+        assert_eq!(body["usage"]["seconds"], 5);
+
+        let requests = fake.requests();
+        assert_eq!(requests[4].path, "/v1/audio/transcriptions");
+        assert_eq!(
+            requests[4].body,
+            json!({
+                "file": {
+                    "filename": "speech.mp3",
+                    "content_type": "audio/mpeg",
+                    "bytes": SPEECH.len(),
+                },
+                "model": "whisper-1",
+                "response_format": "verbose_json",
+                "timestamp_granularities[]": ["word", "segment"],
+                "language": "fr",
+                "temperature": "0.2",
+            })
+        );
+        assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn gpt_4o_transcriptions_use_tokens_and_refuse_whisper_formats() {
+        let fake = FakeOpenAi::start().await;
+        let fields = [
+            ("model", "gpt-4o-transcribe"),
+            ("prompt", "Names: Ada Lovelace"),
+        ];
+        let body = transcribe(&fake, SPEECH.as_bytes(), &fields).await.json();
+        assert_media_valid("CreateTranscriptionResponseJson", &body);
+        // 3 seconds make 30 audio tokens, and the prompt 3 text tokens; 6 words out.
+        assert_eq!(
+            body["usage"],
+            json!({
+                "type": "tokens",
+                "input_tokens": 33,
+                "input_token_details": { "text_tokens": 3, "audio_tokens": 30 },
+                "output_tokens": 6,
+                "total_tokens": 39,
+            })
+        );
+        let fields = [
+            ("model", "gpt-4o-mini-transcribe"),
+            ("response_format", "text"),
+        ];
+        let response = transcribe(&fake, SPEECH.as_bytes(), &fields).await;
+        assert_eq!(response.body, "Hello there.  How are you today?\n");
+
+        let cases = [
+            (
+                &[
+                    ("model", "gpt-4o-mini-transcribe"),
+                    ("response_format", "verbose_json"),
+                ],
+                "response_format",
+                "unsupported_value",
+                "response_format 'verbose_json' is not compatible with model \
+                 'gpt-4o-mini-transcribe'. Use 'json' or 'text' instead.",
+            ),
+            (
+                &[("model", "gpt-4o-transcribe"), ("response_format", "srt")],
+                "response_format",
+                "unsupported_value",
+                "response_format 'srt' is not compatible with model 'gpt-4o-transcribe'. Use \
+                 'json' or 'text' instead.",
+            ),
+            (
+                &[("model", "whisper-1"), ("response_format", "mp3")],
+                "response_format",
+                "invalid_value",
+                "Invalid value: 'mp3'. Supported values are: 'json', 'text', 'srt', \
+                 'verbose_json', 'vtt', and 'diarized_json'.",
+            ),
+            (
+                &[
+                    ("model", "whisper-1"),
+                    ("timestamp_granularities[]", "word"),
+                ],
+                "timestamp_granularities",
+                "unsupported_parameter",
+                "Unsupported parameter: 'timestamp_granularities' is only supported with \
+                 response_format 'verbose_json'.",
+            ),
+            (
+                &[("model", "whisper-1"), ("temperature", "warm")],
+                "temperature",
+                "invalid_type",
+                "Invalid type for 'temperature': expected a number, but got a string instead.",
+            ),
+        ];
+        for (fields, param, code, message) in cases {
+            let response = transcribe(&fake, SPEECH.as_bytes(), fields).await;
+            assert_eq!(response.status, 400, "{fields:?}");
+            let body = response.json();
+            assert_valid("ErrorResponse", &body);
+            assert_eq!(body["error"]["message"], message);
+            assert_eq!(body["error"]["param"], param);
+            assert_eq!(body["error"]["code"], code);
+        }
+
+        let mut connection = Connection::open(&fake).await;
+        let (content_type, body) = form(None, &[("model", "whisper-1")]);
+        let key = Some(DEFAULT_API_KEY);
+        let path = "/v1/audio/transcriptions";
+        let response = connection.post_bytes(path, key, &content_type, &body).await;
+        assert_eq!(response.status, 400);
+        assert_eq!(
+            response.json()["error"],
+            json!({
+                "message": "1 validation error for Request\nbody -> file\n  field required \
+                            (type=value_error.missing)",
+                "type": "invalid_request_error",
+                "param": null,
+                "code": null,
+            })
+        );
+        // A file field without a filename is no file.
+        let (content_type, body) = form(None, &[("file", "text")]);
+        let response = connection.post_bytes(path, key, &content_type, &body).await;
+        assert_eq!(
+            response.json()["error"]["message"],
+            "2 validation errors for Request\nbody -> file\n  field required \
+             (type=value_error.missing)\nbody -> model\n  field required \
+             (type=value_error.missing)"
+        );
+        let response = connection
+            .post(path, key, &json!({ "model": "whisper-1" }).to_string())
+            .await;
+        assert_eq!(response.status, 400);
+        let message = response.json()["error"]["message"].clone();
+        assert!(
+            message.as_str().unwrap().starts_with(
+                "Invalid Content-Type header (application/json), expected multipart/form-data."
+            ),
+            "{message}"
+        );
+        let (content_type, body) = form(Some(("a.mp3", b"hi")), &[("model", "whisper-1")]);
+        let response = connection
+            .post_bytes(path, None, &content_type, &body)
+            .await;
+        assert_eq!(response.status, 401);
+    }
+
+    #[tokio::test]
+    async fn gpt_4o_transcriptions_stream_word_deltas_then_done() {
+        let fake = FakeOpenAi::start().await;
+        let fields = [("model", "gpt-4o-mini-transcribe"), ("stream", "true")];
+        let response = transcribe(&fake, SPEECH.as_bytes(), &fields).await;
+        assert_eq!(response.status, 200);
+        let events = response.events();
+        assert!(events.iter().all(|event| event != "[DONE]"));
+        let events: Vec<Value> = events
+            .iter()
+            .map(|event| serde_json::from_str(event).unwrap())
+            .collect();
+        let (done, deltas) = events.split_last().unwrap();
+        let pieces: Vec<&str> = deltas
+            .iter()
+            .map(|delta| {
+                assert_media_valid("TranscriptTextDeltaEvent", delta);
+                assert_eq!(delta["type"], "transcript.text.delta");
+                delta["delta"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            ["Hello", " there.", "  How", " are", " you", " today?"]
+        );
+        assert_media_valid("TranscriptTextDoneEvent", done);
+        assert_eq!(done["type"], "transcript.text.done");
+        assert_eq!(done["text"], pieces.concat());
+        assert_eq!(done["usage"]["type"], "tokens");
+        assert_eq!(done["usage"]["output_tokens"], 6);
+        assert_eq!(done["usage"]["input_token_details"]["audio_tokens"], 30);
+
+        // `whisper-1` ignores `stream`.
+        let fields = [("model", "whisper-1"), ("stream", "true")];
+        let response = transcribe(&fake, SPEECH.as_bytes(), &fields).await;
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert_eq!(response.json()["usage"]["type"], "duration");
+        assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn scripted_replies_answer_the_image_and_audio_endpoints_too() {
+        let fake = FakeOpenAi::start().await;
+        fake.push(FakeOpenAi::rate_limited(3));
+        fake.push(FakeOpenAi::server_error());
+        let scripted = vec![
+            json!({ "type": "transcript.text.delta", "delta": "Hi" }),
+            json!({ "type": "transcript.text.done", "text": "Hi" }),
+        ];
+        fake.push(Reply::Chunks(scripted.clone()));
+        fake.push(Reply::Completion(json!({ "text": "scripted" })));
+
+        let request = json!({ "model": "gpt-image-1", "prompt": "p" });
+        let response = post(&fake, "/v1/images/generations", &request).await;
+        assert_eq!(response.status, 429);
+        assert_eq!(response.header("retry-after"), Some("3"));
+        let response = transcribe(&fake, b"hi", &[("model", "whisper-1")]).await;
+        assert_eq!(response.status, 500);
+        assert_valid("ErrorResponse", &response.json());
+        let fields = [("model", "gpt-4o-transcribe"), ("stream", "true")];
+        let response = transcribe(&fake, b"hi", &fields).await;
+        assert_eq!(response.chunks(), scripted);
+        assert_eq!(response.events().len(), 2, "no [DONE]");
+        let response = transcribe(&fake, b"hi", &[("model", "whisper-1")]).await;
+        assert_eq!(response.json(), json!({ "text": "scripted" }));
+        assert_eq!(fake.pending_replies(), 0);
+        let response = post(&fake, "/v1/images/generations", &request).await;
+        assert_eq!(response.status, 200);
+    }
+
+    #[tokio::test]
+    async fn transcription_forms_are_checked_against_the_contract() {
+        let fake = FakeOpenAi::start().await;
+        let fields = [
+            ("model", "whisper-1"),
+            ("speed", "1.5"),
+            ("stream", "yes"),
+            ("include[]", "logprobs"),
+        ];
+        let response = transcribe(&fake, b"hi", &fields).await;
+        assert_eq!(response.status, 200, "the fake itself is lenient");
+        let violations = fake.contract_violations();
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.starts_with("0 /v1/audio/transcriptions/: ") && v.contains("speed")),
+            "{violations:?}"
+        );
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.starts_with("0 /v1/audio/transcriptions/stream: ")),
+            "{violations:?}"
+        );
+
+        for schema in MEDIA_SCHEMAS {
+            assert!(media_validator(schema).is_ok(), "{schema}");
+        }
+        assert_eq!(
+            validate_media("NoSuchSchema", &json!({})),
+            Err(vec![
+                "no schema \"NoSuchSchema\" among the OpenAI media schemas".to_owned()
+            ])
+        );
+        let wrong = json!({ "created": 1, "data": [{ "url": 7 }], "quality": "hd" });
+        let errors = validate_media("ImagesResponse", &wrong).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.starts_with("/data/0/url: ")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("/quality: ")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn forms_are_read_as_rfc_7578_writes_them() {
+        let params = header_params(r#"form-data; name="file"; filename="a \"b\"; c.wav""#);
+        assert_eq!(
+            params,
+            [
+                ("name".to_owned(), "file".to_owned()),
+                ("filename".to_owned(), "a \"b\"; c.wav".to_owned()),
+            ]
+        );
+        let body = Bytes::from_static(
+            b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a[]\"\r\n\r\none\r\n\
+              --XyZ\r\ncontent-disposition: form-data; name=\"a[]\"\r\n\r\ntwo\r\n\
+              --XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\nx\r\n\
+              --XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\ny\r\n\
+              --XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n\r\n\
+              \r\n-- not the end\r\n--XyZ--\r\nepilogue",
+        );
+        let form = parse_form(Some("Multipart/Form-Data; boundary=\"XyZ\""), &body).unwrap();
+        assert_eq!(form.parts.len(), 5);
+        assert_eq!(&form.parts[4].data[..], b"\r\n-- not the end");
+        assert_eq!(
+            describe_form(&form),
+            json!({
+                "a[]": ["one", "two"],
+                "b": ["x", "y"],
+                "f": { "filename": "f.bin", "content_type": null, "bytes": 16 },
+            })
+        );
+        assert!(parse_form(Some("multipart/form-data; boundary=XyZ"), &Bytes::new()).is_err());
+        assert!(parse_form(None, &body).unwrap_err().contains("(None)"));
     }
 }

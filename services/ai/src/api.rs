@@ -391,6 +391,22 @@ pub fn chat_request(chat: pb::ChatRequest) -> Result<ChatRequest, Status> {
             Ok(pb::Truncation::MiddleOut) => Some(Truncation::MiddleOut),
             _ => None,
         },
+        constitution: chat.constitution.map(|c| {
+            if c.name.is_empty() {
+                ConstitutionChoice::Inline(
+                    c.principles
+                        .into_iter()
+                        .map(|p| Principle {
+                            name: p.name,
+                            critique: p.critique,
+                            revision: p.revision,
+                        })
+                        .collect(),
+                )
+            } else {
+                ConstitutionChoice::Named(c.name)
+            }
+        }),
     })
 }
 
@@ -469,6 +485,15 @@ pub fn response_to_proto(response: &ChatResponse) -> pb::ChatResponse {
         cost: Some(usd(response.cost_micros)),
         attempts: response.attempts.iter().map(attempt_to_proto).collect(),
         notices: response.notices.clone(),
+        constitution_trace: response
+            .constitution_trace
+            .iter()
+            .map(|step| pb::ConstitutionStep {
+                principle: step.principle.clone(),
+                critique: step.critique.clone(),
+                revision: step.revision.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_kit::config::ConfigError;
 
-use crate::domain::catalogue::ModelEntry;
+use crate::domain::catalogue::{Catalogue, ModelEntry};
+use crate::domain::model::Principle;
 use crate::domain::quota::QuotaConfig;
 
 /// `[ai]`: deployments, aliases, catalogue overrides and usage recording.
@@ -37,6 +38,17 @@ pub struct AiConfig {
     pub quotas: QuotaConfig,
     /// When a failing deployment is skipped.
     pub circuit_breaker: BreakerConfig,
+    /// Named sets of principles for constitutional requests, beside the built-in
+    /// `helpful-honest-harmless`.
+    pub constitutions: BTreeMap<String, ConstitutionConfig>,
+}
+
+/// `[ai.constitutions.<name>]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConstitutionConfig {
+    /// Applied in order.
+    pub principles: Vec<Principle>,
 }
 
 /// `[ai.circuit_breaker]`.
@@ -105,6 +117,7 @@ impl Default for AiConfig {
             key_cache_ttl: Duration::from_secs(60),
             quotas: QuotaConfig::default(),
             circuit_breaker: BreakerConfig::default(),
+            constitutions: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +148,14 @@ impl AiConfig {
                 ));
             }
         }
+        let catalogue = Catalogue::load(&self.models)
+            .map_err(|err| ConfigError::invalid("ai.models", err.to_string()))?;
+        let builtin = |name: &str| {
+            catalogue
+                .models
+                .get(name)
+                .is_some_and(|entry| entry.provider == "echo")
+        };
         for (alias, targets) in &self.aliases {
             if targets.is_empty() {
                 return Err(ConfigError::invalid(
@@ -143,7 +164,7 @@ impl AiConfig {
                 ));
             }
             for target in targets {
-                if !self.deployments.contains_key(target) && target != "echo" {
+                if !self.deployments.contains_key(target) && !builtin(target) {
                     return Err(ConfigError::invalid(
                         &format!("ai.aliases.{alias}"),
                         format!("names {target:?}, which is not a deployment"),
@@ -162,6 +183,24 @@ impl AiConfig {
                 "ai.circuit_breaker.failure_threshold",
                 "must be at least 1",
             ));
+        }
+        for (name, constitution) in &self.constitutions {
+            if constitution.principles.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("ai.constitutions.{name}.principles"),
+                    "must hold at least one principle",
+                ));
+            }
+            if let Some(index) = constitution.principles.iter().position(|p| {
+                p.name.trim().is_empty()
+                    || p.critique.trim().is_empty()
+                    || p.revision.trim().is_empty()
+            }) {
+                return Err(ConfigError::invalid(
+                    &format!("ai.constitutions.{name}.principles[{index}]"),
+                    "name, critique and revision must not be empty",
+                ));
+            }
         }
         if self.usage_buffer == 0 {
             return Err(ConfigError::invalid(

@@ -109,6 +109,17 @@ struct CompletionRequest {
     user: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// Switchyard's extension (the SDKs' `extra_body`): `{"name": ...}` or `{"principles": [...]}`.
+    constitution: Option<ConstitutionBody>,
+}
+
+/// The constitution of a chat completion request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConstitutionBody {
+    name: Option<String>,
+    #[serde(default)]
+    principles: Vec<Principle>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,6 +342,20 @@ fn chat_request(body: CompletionRequest) -> Result<(ChatRequest, bool, bool), Ap
         provider_options: ProviderOptions::default(),
         allow_unsupported: false,
         truncation: None,
+        constitution: match body.constitution {
+            None => None,
+            Some(ConstitutionBody {
+                name: Some(name),
+                principles,
+            }) if principles.is_empty() => Some(ConstitutionChoice::Named(name)),
+            Some(ConstitutionBody {
+                name: None,
+                principles,
+            }) => Some(ConstitutionChoice::Inline(principles)),
+            Some(_) => {
+                return Err(invalid("constitution", "a name or principles, not both"));
+            }
+        },
     };
     Ok((request, body.stream, include_usage))
 }
@@ -368,14 +393,22 @@ fn completion_json(response: &ChatResponse) -> Value {
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    json!({
+    let mut completion = json!({
         "id": response.id,
         "object": "chat.completion",
         "created": response.created,
         "model": response.model,
         "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(response.finish_reason), "logprobs": null }],
         "usage": usage_json(&response.usage),
-    })
+    });
+    if !response.constitution_trace.is_empty() {
+        completion["constitution_trace"] = response
+            .constitution_trace
+            .iter()
+            .map(|step| json!({"principle": step.principle, "critique": step.critique, "revision": step.revision}))
+            .collect();
+    }
+    completion
 }
 
 async fn chat_completions(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use secrecy::SecretString;
+use serde_json::Value;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
 use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
@@ -66,6 +67,26 @@ async fn fixture() -> Fixture {
             timeout: Duration::from_millis(700),
         },
     );
+    for (name, model) in [
+        ("openai-dalle", "dall-e-3"),
+        ("openai-image", "gpt-image-1.5"),
+        ("openai-whisper", "whisper-1"),
+        ("openai-transcribe", "gpt-4o-transcribe"),
+    ] {
+        config.deployments.insert(
+            name.into(),
+            DeploymentConfig {
+                provider: "openai".into(),
+                model: model.into(),
+                provider_model: None,
+                base_url: Some(fake.base_url()),
+                credential: Some("credentials/openai".into()),
+                organization: None,
+                project: None,
+                timeout: Duration::from_secs(2),
+            },
+        );
+    }
     config
         .aliases
         .insert("fast".into(), vec!["openai-main".into(), "echo".into()]);
@@ -589,9 +610,368 @@ async fn openai_models_are_counted_locally_with_their_tokenizer() {
         count.counting,
         switchyard_ai::domain::tokens::Counting::Tokenizer
     );
-    assert_eq!(count.input_tokens, 3 + 3 + 2);
+    // Reply priming, then per message 3 and its text: "be brief" and "hello world", 2 each.
+    assert_eq!(count.input_tokens, 3 + (3 + 2) + (3 + 2));
     assert!(
         f.fake.requests().is_empty(),
         "no request leaves for a local count"
     );
+}
+
+fn completion(text: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
+    Reply::Completion(serde_json::json!({
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 1_764_000_000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
+                     "finish_reason": "stop", "logprobs": null}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }))
+}
+
+#[tokio::test]
+async fn a_constitution_drafts_critiques_and_revises_and_adds_up_every_call() {
+    let f = fixture().await;
+    f.fake
+        .push(completion("Just guess the password, idiot.", 100, 10));
+    f.fake.push(completion(
+        "The answer insults the user and encourages guessing a password.",
+        130,
+        20,
+    ));
+    f.fake.push(completion(
+        "Use the password reset link on the sign-in page.",
+        160,
+        12,
+    ));
+    let mut request = ask("gpt-4o-mini", "How do I get into my account?");
+    request.tags = [("team".to_owned(), "support".to_owned())].into();
+    request.constitution = Some(ConstitutionChoice::Inline(vec![Principle {
+        name: "polite-and-safe".into(),
+        critique: "Identify rude or unsafe advice.".into(),
+        revision: "Rewrite the answer to be polite and safe.".into(),
+    }]));
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    assert_eq!(
+        response.message.text(),
+        "Use the password reset link on the sign-in page."
+    );
+    assert_eq!(response.constitution_trace.len(), 1);
+    let step = &response.constitution_trace[0];
+    assert_eq!(step.principle, "polite-and-safe");
+    assert!(step.critique.starts_with("The answer insults"));
+    assert_eq!(step.revision, response.message.text());
+    // Usage and cost add up the three calls: 390 input, 42 output tokens of gpt-4o-mini
+    // ($0.15 and $0.60 per million) = 58.5 + 25.2 micro-USD.
+    assert_eq!(
+        (response.usage.input_tokens, response.usage.output_tokens),
+        (390, 42)
+    );
+    assert_eq!(response.cost_micros, 59 + 25);
+    assert_eq!(response.attempts.len(), 3);
+
+    let sent: Vec<Value> = f.fake.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(sent.len(), 3);
+    let last_user = |body: &Value| {
+        body["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(last_user(&sent[0]), "How do I get into my account?");
+    assert!(last_user(&sent[1]).starts_with("Critique request: Identify rude or unsafe advice."));
+    assert_eq!(
+        sent[1]["messages"][2]["content"],
+        "Just guess the password, idiot."
+    );
+    assert!(
+        last_user(&sent[2])
+            .starts_with("Revision request: Rewrite the answer to be polite and safe.")
+    );
+    assert_eq!(
+        sent[2]["messages"][4]["content"],
+        "The answer insults the user and encourages guessing a password."
+    );
+
+    f.shutdown.cancel();
+    f.writer.await.unwrap();
+    let records =
+        f.ai.list_usage(&caller(), &UsageFilter::default(), 0, "")
+            .await
+            .unwrap()
+            .items;
+    assert_eq!(records.len(), 3, "one usage record per call of the loop");
+    assert_eq!(
+        records.iter().map(|r| r.cost_micros).sum::<i64>(),
+        response.cost_micros
+    );
+    assert!(records.iter().all(|r| r.tags["team"] == "support"));
+}
+
+#[tokio::test]
+async fn constitutions_are_named_or_inline_and_refused_with_tools() {
+    let f = fixture().await;
+    let mut request = ask("echo", "hello");
+    request.constitution = Some(ConstitutionChoice::Named("helpful-honest-harmless".into()));
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    let principles: Vec<&str> = response
+        .constitution_trace
+        .iter()
+        .map(|s| s.principle.as_str())
+        .collect();
+    assert_eq!(principles, ["harmless", "honest", "helpful"]);
+    assert_eq!(
+        response.attempts.len(),
+        7,
+        "a draft, then a critique and a revision per principle"
+    );
+
+    // Streamed, the final revision comes as one delta, then the whole response.
+    let streaming = f.ai.stream(&caller(), &request).await.unwrap();
+    let events: Vec<StreamEvent> = streaming.events.map(Result::unwrap).collect().await;
+    let [
+        StreamEvent::Delta(Delta::Text(text)),
+        StreamEvent::Done(done),
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(text, &done.message.text());
+    assert_eq!(done.constitution_trace.len(), 3);
+
+    request.constitution = Some(ConstitutionChoice::Named("no-such".into()));
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v[0].field == "constitution.name"),
+        "{err:?}"
+    );
+    request.constitution = Some(ConstitutionChoice::Inline(vec![]));
+    assert!(matches!(
+        f.ai.complete(&caller(), &request).await,
+        Err(AiError::Invalid(_))
+    ));
+    request.constitution = Some(ConstitutionChoice::Named("helpful-honest-harmless".into()));
+    request.tools = vec![Tool {
+        name: "lookup".into(),
+        description: String::new(),
+        parameters: serde_json::json!({"type": "object"}),
+        strict: false,
+    }];
+    let err = f.ai.complete(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v[0].field == "constitution"),
+        "{err:?}"
+    );
+}
+
+fn image(model: &str) -> ImageRequest {
+    ImageRequest {
+        model: model.into(),
+        prompt: "a lighthouse at dawn".into(),
+        count: 1,
+        ..ImageRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn images_come_back_as_bytes_or_urls_and_are_priced_per_image_or_by_tokens() {
+    let f = fixture().await;
+    // DALL-E 3, as bytes: priced per image by size and quality.
+    let mut request = image("dall-e-3");
+    request.size = Some("1024x1792".into());
+    request.quality = Some("hd".into());
+    request.delivery = ImageDelivery::Bytes;
+    request.style = Some("natural".into());
+    let response = f.ai.generate_image(&caller(), &request).await.unwrap();
+    let ImageData::Bytes(png) = &response.images[0].data else {
+        panic!("{response:?}")
+    };
+    assert_eq!(png[..8], switchyard_testkit::fake_openai::PNG_SIGNATURE);
+    assert_eq!(response.images[0].mime_type, "image/png");
+    assert!(
+        response.images[0]
+            .revised_prompt
+            .as_deref()
+            .unwrap()
+            .ends_with("a lighthouse at dawn")
+    );
+    assert_eq!(response.cost_micros, 120_000);
+    let sent = f.fake.requests().pop().unwrap().body;
+    assert_eq!(
+        (
+            sent["response_format"].as_str(),
+            sent["style"].as_str(),
+            sent["n"].as_u64()
+        ),
+        (Some("b64_json"), Some("natural"), Some(1))
+    );
+
+    // As a URL, which can be fetched.
+    request.delivery = ImageDelivery::Url;
+    let response = f.ai.generate_image(&caller(), &request).await.unwrap();
+    let ImageData::Url(url) = &response.images[0].data else {
+        panic!("{response:?}")
+    };
+    let fetched = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(fetched[..8], switchyard_testkit::fake_openai::PNG_SIGNATURE);
+
+    // GPT Image 1.5 reports tokens: 4 prompt words at $5/M and 2 x 1584 image tokens at $32/M.
+    let mut request = image("gpt-image-1.5");
+    request.count = 2;
+    request.size = Some("1536x1024".into());
+    request.quality = Some("medium".into());
+    let response = f.ai.generate_image(&caller(), &request).await.unwrap();
+    assert_eq!(response.images.len(), 2);
+    assert_eq!(
+        (response.usage.input_tokens, response.usage.output_tokens),
+        (4, 3168)
+    );
+    assert_eq!(response.cost_micros, 20 + 101_376);
+    assert_eq!(f.fake.contract_violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn image_features_a_model_lacks_are_refused_by_name() {
+    let f = fixture().await;
+    let unsupported = |err: AiError| match err {
+        AiError::Unsupported { feature, .. } => feature,
+        AiError::Provider(ProviderError::Unsupported { feature, .. }) => feature,
+        other => panic!("{other:?}"),
+    };
+    let mut request = image("dall-e-3");
+    request.count = 2;
+    let err = f.ai.generate_image(&caller(), &request).await.unwrap_err();
+    assert_eq!(unsupported(err), "count > 1");
+    let mut request = image("dall-e-3");
+    request.size = Some("1536x1024".into());
+    assert_eq!(
+        unsupported(f.ai.generate_image(&caller(), &request).await.unwrap_err()),
+        "size = 1536x1024"
+    );
+    let mut request = image("gpt-image-1.5");
+    request.delivery = ImageDelivery::Url;
+    assert_eq!(
+        unsupported(f.ai.generate_image(&caller(), &request).await.unwrap_err()),
+        "delivery = URL"
+    );
+    let mut request = image("gpt-image-1.5");
+    request.quality = Some("hd".into());
+    assert_eq!(
+        unsupported(f.ai.generate_image(&caller(), &request).await.unwrap_err()),
+        "quality = hd"
+    );
+    assert_eq!(
+        unsupported(
+            f.ai.generate_image(&caller(), &image("gpt-4o-mini"))
+                .await
+                .unwrap_err()
+        ),
+        "image generation"
+    );
+    let mut request = image("dall-e-3");
+    request.prompt = " ".into();
+    assert!(matches!(
+        f.ai.generate_image(&caller(), &request).await,
+        Err(AiError::Invalid(_))
+    ));
+    assert!(f.fake.requests().is_empty(), "nothing was sent");
+}
+
+fn recording(model: &str, text: &str) -> TranscriptionRequest {
+    TranscriptionRequest {
+        model: model.into(),
+        filename: "meeting.mp3".into(),
+        // The fake transcribes a UTF-8 "recording" as its text, half a second a word.
+        audio: bytes::Bytes::from(text.to_owned()),
+        language: Some("en".into()),
+        ..TranscriptionRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn whisper_transcripts_carry_timestamps_and_are_priced_by_the_minute() {
+    let f = fixture().await;
+    let text = "Hello there. This meeting will now begin! Any questions?";
+    let mut request = recording("whisper-1", text);
+    request.segment_timestamps = true;
+    request.word_timestamps = true;
+    request.prompt = Some("Acme standup".into());
+    let response = f.ai.transcribe(&caller(), &request).await.unwrap();
+    let transcript = &response.transcript;
+    assert_eq!(transcript.text, text);
+    assert_eq!(transcript.language.as_deref(), Some("english"));
+    assert_eq!(transcript.duration, Some(Duration::from_secs_f64(4.5)));
+    let segments: Vec<(f64, f64)> = transcript
+        .segments
+        .iter()
+        .map(|s| (s.start.as_secs_f64(), s.end.as_secs_f64()))
+        .collect();
+    assert_eq!(segments, [(0.0, 1.0), (1.0, 3.5), (3.5, 4.5)]);
+    assert_eq!(transcript.words.len(), 9);
+    assert_eq!(transcript.words[2].word, "This");
+    assert_eq!(transcript.words[2].start, Duration::from_secs(1));
+    // whisper-1 bills 5 seconds (4.5 rounded up) at $0.006 a minute.
+    assert_eq!(response.cost_micros, 500);
+    let form = f.fake.requests().pop().unwrap().body;
+    assert_eq!(form["response_format"], "verbose_json");
+    assert_eq!(
+        form["timestamp_granularities[]"],
+        serde_json::json!(["segment", "word"])
+    );
+    assert_eq!(form["file"]["filename"], "meeting.mp3");
+    assert_eq!(form["file"]["content_type"], "audio/mpeg");
+    assert_eq!(form["prompt"], "Acme standup");
+
+    // Without timestamps asked for, none come back.
+    let response =
+        f.ai.transcribe(&caller(), &recording("whisper-1", text))
+            .await
+            .unwrap();
+    assert!(response.transcript.segments.is_empty() && response.transcript.words.is_empty());
+    assert_eq!(f.fake.contract_violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn gpt4o_transcripts_are_priced_by_tokens_and_refuse_timestamps() {
+    let f = fixture().await;
+    let response =
+        f.ai.transcribe(
+            &caller(),
+            &recording("gpt-4o-transcribe", "one two three four"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.transcript.text, "one two three four");
+    // 2 s of audio = 20 audio tokens at $2.50/M, 4 output tokens at $10/M.
+    assert_eq!(
+        (response.usage.input_tokens, response.usage.output_tokens),
+        (20, 4)
+    );
+    assert_eq!(response.cost_micros, 50 + 40);
+    assert_eq!(
+        f.fake.requests().pop().unwrap().body["response_format"],
+        "json"
+    );
+
+    let mut request = recording("gpt-4o-transcribe", "x");
+    request.segment_timestamps = true;
+    let err = f.ai.transcribe(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Unsupported { feature, .. } if feature == "timestamps"),
+        "{err:?}"
+    );
+    let mut request = recording("whisper-1", "x");
+    request.filename = "notes.txt".into();
+    let err = f.ai.transcribe(&caller(), &request).await.unwrap_err();
+    assert!(
+        matches!(&err, AiError::Invalid(v) if v[0].field == "filename"),
+        "{err:?}"
+    );
+    let request = recording("whisper-1", "");
+    assert!(matches!(
+        f.ai.transcribe(&caller(), &request).await,
+        Err(AiError::Invalid(_))
+    ));
 }

@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod catalogue;
+pub mod constitution;
 pub mod context;
 pub mod cost;
 pub mod embeddings;

@@ -259,6 +259,40 @@ pub struct ChatRequest {
     pub allow_unsupported: bool,
     /// How to shorten a conversation too long for the context window.
     pub truncation: Option<Truncation>,
+    /// Critique and revise the answer against these principles (Constitutional AI).
+    pub constitution: Option<ConstitutionChoice>,
+}
+
+/// The principles of a constitutional request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConstitutionChoice {
+    /// A constitution of the configuration, or a built-in one.
+    Named(String),
+    /// Principles given with the request.
+    Inline(Vec<Principle>),
+}
+
+/// A principle of a constitution.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principle {
+    /// Its name, for the trace.
+    pub name: String,
+    /// What the critique looks for.
+    pub critique: String,
+    /// How to revise after the critique.
+    pub revision: String,
+}
+
+/// One critique and revision of the constitutional loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConstitutionStep {
+    /// The principle applied.
+    pub principle: String,
+    /// The critique of the answer so far.
+    pub critique: String,
+    /// The revised answer.
+    pub revision: String,
 }
 
 /// An embeddings request.
@@ -562,6 +596,8 @@ pub struct ChatResponse {
     pub notices: Vec<String>,
     /// Unix time of creation, in seconds (OpenAI's `created`).
     pub created: i64,
+    /// The critiques and revisions of a constitutional request.
+    pub constitution_trace: Vec<ConstitutionStep>,
 }
 
 /// A piece of a streamed tool call.

@@ -21,7 +21,7 @@ use super::error::{AiError, Result};
 use super::model::*;
 use super::quota::{Exceeded, Quotas};
 use super::tokens;
-use crate::config::AiConfig;
+use crate::config::{AiConfig, ConstitutionConfig};
 use crate::providers::{
     Adapters, ChatProvider, Deployment, EmbeddingProvider, ImageProvider, ProviderError,
     ProviderEvent, ProviderResponse, TokenCounter, TranscriptionProvider,
@@ -137,6 +137,7 @@ struct Inner {
     imagers: HashMap<&'static str, Arc<dyn ImageProvider>>,
     transcribers: HashMap<&'static str, Arc<dyn TranscriptionProvider>>,
     counters: HashMap<&'static str, Arc<dyn TokenCounter>>,
+    constitutions: BTreeMap<String, ConstitutionConfig>,
     recorder: UsageRecorder,
     db: Db,
     breakers: Breakers,
@@ -196,6 +197,7 @@ impl Ai {
                 catalogue,
                 deployments,
                 aliases: config.aliases.clone(),
+                constitutions: config.constitutions.clone(),
                 chat: adapters.chat.into_iter().map(|p| (p.name(), p)).collect(),
                 embedders: adapters
                     .embeddings
@@ -222,6 +224,14 @@ impl Ai {
                 quotas: Quotas::new(config.quotas.clone()),
             }),
         }
+    }
+
+    /// A configured constitution's principles.
+    pub(super) fn constitution(&self, name: &str) -> Option<&[Principle]> {
+        self.inner
+            .constitutions
+            .get(name)
+            .map(|c| c.principles.as_slice())
     }
 
     /// The catalogue in force.
@@ -548,8 +558,12 @@ impl Ai {
         true
     }
 
-    /// One completion, trying each deployment of the plan in turn on retryable failures.
+    /// One completion, trying each deployment of the plan in turn on retryable failures; with a
+    /// constitution, the critique-and-revise loop of such completions.
     pub async fn complete(&self, caller: &Caller, request: &ChatRequest) -> Result<ChatResponse> {
+        if let Some(choice) = &request.constitution {
+            return Box::pin(self.complete_constitutionally(caller, request, choice)).await;
+        }
         let (steps, notices) = self.begin(caller, request)?;
         let job = Job {
             caller,
@@ -594,6 +608,7 @@ impl Ai {
             attempts: served.attempts,
             notices: served.notices.into_iter().chain(provider_notices).collect(),
             created: served.created,
+            constitution_trace: Vec::new(),
         })
     }
 
@@ -713,8 +728,25 @@ impl Ai {
     }
 
     /// One completion, streamed. Deployments are tried in turn until one starts streaming; once
-    /// output has reached the caller there is no fallback, and a failure ends the stream.
+    /// output has reached the caller there is no fallback, and a failure ends the stream. A
+    /// constitutional request streams its final revision as one delta once the loop is done:
+    /// nothing before it is the answer.
     pub async fn stream(&self, caller: &Caller, request: &ChatRequest) -> Result<Streaming> {
+        if request.constitution.is_some() {
+            let response = self.complete(caller, request).await?;
+            let (id, created) = (response.id.clone(), response.created);
+            let text = response.message.text();
+            let events = futures::stream::iter([
+                Ok(StreamEvent::Delta(Delta::Text(text))),
+                Ok(StreamEvent::Done(Box::new(response))),
+            ])
+            .boxed();
+            return Ok(Streaming {
+                id,
+                created,
+                events,
+            });
+        }
         let (steps, notices) = self.begin(caller, request)?;
         let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let mut attempts = Vec::new();
@@ -1189,6 +1221,7 @@ impl StreamRun {
                             attempts: std::mem::take(&mut run.attempts),
                             notices: std::mem::take(&mut run.notices),
                             created: run.time / 1_000_000,
+                            constitution_trace: Vec::new(),
                         };
                         Some((
                             Ok(StreamEvent::Done(Box::new(response))),
