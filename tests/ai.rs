@@ -319,6 +319,9 @@ async fn openai_deployments_read_their_key_from_the_credentials_service() {
             organization: None,
             project: None,
             timeout: std::time::Duration::from_secs(5),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     for (name, model) in [
@@ -336,6 +339,9 @@ async fn openai_deployments_read_their_key_from_the_credentials_service() {
                 organization: None,
                 project: None,
                 timeout: std::time::Duration::from_secs(5),
+                weight: 1,
+                rpm: 0,
+                tpm: 0,
             },
         );
     }

@@ -97,6 +97,20 @@ pub struct DeploymentConfig {
     /// How long one call may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Its share of its model's traffic among the deployments serving that model (not of an
+    /// alias, whose deployments are tried in the order written).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Requests per minute it takes; beyond, it is skipped for the next deployment. 0: no limit.
+    #[serde(default)]
+    pub rpm: u64,
+    /// Tokens (input plus output) per minute it takes; 0: no limit.
+    #[serde(default)]
+    pub tpm: u64,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_timeout() -> Duration {
@@ -141,6 +155,12 @@ impl AiConfig {
                     "required: the credential holding the provider's API key, e.g. \"credentials/openai-prod\"",
                 ));
             }
+            if deployment.weight == 0 {
+                return Err(ConfigError::invalid(
+                    &format!("ai.deployments.{name}.weight"),
+                    "must be at least 1",
+                ));
+            }
             if deployment.timeout.is_zero() {
                 return Err(ConfigError::invalid(
                     &format!("ai.deployments.{name}.timeout"),
@@ -154,7 +174,7 @@ impl AiConfig {
             catalogue
                 .models
                 .get(name)
-                .is_some_and(|entry| entry.provider == "echo")
+                .is_some_and(|entry| entry.provider == "echo" && !entry.deprecated)
         };
         for (alias, targets) in &self.aliases {
             if targets.is_empty() {

@@ -48,6 +48,9 @@ async fn fixture() -> Fixture {
             organization: None,
             project: None,
             timeout: Duration::from_millis(700),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config

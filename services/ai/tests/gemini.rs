@@ -48,6 +48,9 @@ async fn fixture() -> Fixture {
             organization: None,
             project: None,
             timeout: Duration::from_millis(700),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config.deployments.insert(
@@ -61,6 +64,9 @@ async fn fixture() -> Fixture {
             organization: None,
             project: None,
             timeout: Duration::from_millis(700),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config
@@ -290,6 +296,9 @@ async fn quota_errors_honour_retry_info_and_fall_back() {
             organization: None,
             project: None,
             timeout: Duration::from_secs(1),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     let keys = Arc::new(StaticKeys::new([(

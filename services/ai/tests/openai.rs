@@ -52,6 +52,9 @@ async fn fixture() -> Fixture {
             organization: Some("org-switchyard".into()),
             project: Some("proj-1".into()),
             timeout: Duration::from_millis(700),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config.deployments.insert(
@@ -65,6 +68,9 @@ async fn fixture() -> Fixture {
             organization: Some("org-switchyard".into()),
             project: None,
             timeout: Duration::from_millis(700),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     for (name, model) in [
@@ -84,6 +90,9 @@ async fn fixture() -> Fixture {
                 organization: None,
                 project: None,
                 timeout: Duration::from_secs(2),
+                weight: 1,
+                rpm: 0,
+                tpm: 0,
             },
         );
     }

@@ -109,6 +109,9 @@ async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiCo
             organization: None,
             project: None,
             timeout: Duration::from_millis(500),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config
@@ -540,6 +543,9 @@ fn with_tiny_model(config: &mut AiConfig) {
             organization: None,
             project: None,
             timeout: Duration::from_secs(1),
+            weight: 1,
+            rpm: 0,
+            tpm: 0,
         },
     );
     config
@@ -628,5 +634,86 @@ async fn too_long_inputs_fail_with_the_numbers_move_to_larger_windows_or_get_tru
     assert!(
         matches!(err, AiError::ContextWindow { output: 39, .. }),
         "no room left even for the last turn: {err:?}"
+    );
+}
+
+fn echo_deployment(weight: u32, rpm: u64) -> DeploymentConfig {
+    DeploymentConfig {
+        provider: "echo".into(),
+        model: "echo".into(),
+        provider_model: None,
+        base_url: None,
+        credential: None,
+        organization: None,
+        project: None,
+        timeout: Duration::from_secs(1),
+        weight,
+        rpm,
+        tpm: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_models_deployments_share_its_traffic_by_weight() {
+    let f = fixture_with(Vec::new(), |config| {
+        // The built-in "echo" deployment is replaced by two weighted ones.
+        config
+            .deployments
+            .insert("echo".into(), echo_deployment(3, 0));
+        config
+            .deployments
+            .insert("echo-small".into(), echo_deployment(1, 0));
+    })
+    .await;
+    let mut served = BTreeMap::<String, u32>::new();
+    for _ in 0..800 {
+        let response = f.ai.complete(&caller(), &ask("echo", "hi")).await.unwrap();
+        *served.entry(response.deployment).or_default() += 1;
+    }
+    // 3:1 is 600 and 200; six standard deviations (73) either side never fail by chance.
+    let heavy = served["echo"];
+    assert!((527..=673).contains(&heavy), "{served:?}");
+    assert_eq!(heavy + served["echo-small"], 800);
+}
+
+#[tokio::test]
+async fn a_deployment_over_its_rate_limit_is_skipped_for_the_next() {
+    let f = fixture_with(Vec::new(), |config| {
+        config
+            .deployments
+            .insert("echo-limited".into(), echo_deployment(1, 2));
+        config
+            .aliases
+            .insert("limited".into(), vec!["echo-limited".into(), "echo".into()]);
+        config
+            .aliases
+            .insert("only-limited".into(), vec!["echo-limited".into()]);
+    })
+    .await;
+    for _ in 0..2 {
+        let response =
+            f.ai.complete(&caller(), &ask("limited", "hi"))
+                .await
+                .unwrap();
+        assert_eq!(response.deployment, "echo-limited");
+    }
+    let response =
+        f.ai.complete(&caller(), &ask("limited", "hi"))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "echo");
+    assert_eq!(response.attempts[0].result_code, "RESOURCE_EXHAUSTED");
+    assert!(
+        response.attempts[0]
+            .error
+            .contains("deployment_requests_per_minute")
+    );
+    let err =
+        f.ai.complete(&caller(), &ask("only-limited", "hi"))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, AiError::QuotaExceeded { limit: "deployment_requests_per_minute", retry_after } if retry_after > Duration::ZERO),
+        "{err:?}"
     );
 }

@@ -19,7 +19,7 @@ use super::context;
 use super::cost::cost_micros;
 use super::error::{AiError, Result};
 use super::model::*;
-use super::quota::{Exceeded, Quotas};
+use super::quota::{Exceeded, Limits, QuotaConfig, Quotas};
 use super::tokens;
 use crate::config::{AiConfig, ConstitutionConfig};
 use crate::providers::{
@@ -142,6 +142,8 @@ struct Inner {
     db: Db,
     breakers: Breakers,
     quotas: Quotas,
+    /// Per-deployment requests and tokens per minute, keyed by deployment name.
+    deployment_limits: Quotas,
 }
 
 fn page_error(field: &str) -> impl Fn(PageError) -> AiError + '_ {
@@ -150,8 +152,8 @@ fn page_error(field: &str) -> impl Fn(PageError) -> AiError + '_ {
 
 impl Ai {
     /// The domain over a catalogue, configured deployments, the provider adapters, and the usage
-    /// recorder and store. Every model of the `echo` provider gets a deployment of its name unless
-    /// configuration defines one.
+    /// recorder and store. Every current model of the `echo` provider gets a deployment of its name
+    /// unless configuration defines one.
     pub fn new(
         catalogue: Catalogue,
         config: &AiConfig,
@@ -173,12 +175,13 @@ impl Ai {
                     organization: d.organization.clone(),
                     project: d.project.clone(),
                     timeout: d.timeout,
+                    weight: d.weight,
                 };
                 (name.clone(), deployment)
             })
             .collect();
         for (id, entry) in &catalogue.models {
-            if entry.provider == "echo" {
+            if entry.provider == "echo" && !entry.deprecated {
                 deployments.entry(id.clone()).or_insert_with(|| Deployment {
                     name: id.clone(),
                     provider: "echo".into(),
@@ -189,6 +192,7 @@ impl Ai {
                     organization: None,
                     project: None,
                     timeout: Duration::from_secs(10),
+                    weight: 1,
                 });
             }
         }
@@ -222,6 +226,22 @@ impl Ai {
                     config.circuit_breaker.open_for,
                 ),
                 quotas: Quotas::new(config.quotas.clone()),
+                deployment_limits: Quotas::new(QuotaConfig {
+                    default: Limits::default(),
+                    tenants: config
+                        .deployments
+                        .iter()
+                        .map(|(name, d)| {
+                            (
+                                name.clone(),
+                                Limits {
+                                    rpm: d.rpm,
+                                    tpm: d.tpm,
+                                },
+                            )
+                        })
+                        .collect(),
+                }),
             }),
         }
     }
@@ -288,7 +308,7 @@ impl Ai {
         if steps.is_empty() {
             return Err(AiError::NoDeployment(id.to_owned()));
         }
-        Ok((steps, notice.into_iter().collect()))
+        Ok((weighted_order(steps), notice.into_iter().collect()))
     }
 
     /// The request as `step` can serve it: features its model lacks are refused, or dropped when
@@ -545,17 +565,45 @@ impl Ai {
     }
 
     /// Whether a step's circuit lets it be tried; a skipped step leaves a trace in `attempts`.
-    fn admitted(&self, step: &Step, attempts: &mut Vec<Attempt>) -> bool {
-        if self.inner.breakers.admit(&step.deployment.name) == Admission::Rejected {
+    /// Whether a step may be tried: its circuit is closed (or probing) and its deployment is
+    /// within its requests per minute. A skipped step leaves a trace in `attempts`, and the
+    /// error is what the caller sees if no step is left.
+    fn admitted(&self, step: &Step, attempts: &mut Vec<Attempt>) -> Result<()> {
+        let name = &step.deployment.name;
+        if self.inner.breakers.admit(name) == Admission::Rejected {
             attempts.push(attempt(
                 step,
                 "UNAVAILABLE",
                 "circuit open: skipped".to_owned(),
                 Duration::ZERO,
             ));
-            return false;
+            return Err(AiError::Provider(ProviderError::Unavailable(format!(
+                "the circuit of {name} is open"
+            ))));
         }
-        true
+        if let Err(exceeded) = self.inner.deployment_limits.admit(name) {
+            let (limit, retry_after) = match exceeded {
+                Exceeded::Requests { retry_after } => {
+                    ("deployment_requests_per_minute", retry_after)
+                }
+                Exceeded::Tokens { retry_after } => ("deployment_tokens_per_minute", retry_after),
+            };
+            attempts.push(attempt(
+                step,
+                "RESOURCE_EXHAUSTED",
+                format!("{limit} of {name} reached: skipped"),
+                Duration::ZERO,
+            ));
+            return Err(AiError::QuotaExceeded { limit, retry_after });
+        }
+        Ok(())
+    }
+
+    /// Counts the tokens of a served call against the tenant's quota and the deployment's limit.
+    fn spend(&self, tenant: &str, deployment: &str, usage: &Usage) {
+        let tokens = usage.input_tokens + usage.output_tokens;
+        self.inner.quotas.spend(tenant, tokens);
+        self.inner.deployment_limits.spend(deployment, tokens);
     }
 
     /// One completion, trying each deployment of the plan in turn on retryable failures; with a
@@ -641,11 +689,8 @@ impl Ai {
                     continue;
                 }
             };
-            if !self.admitted(step, &mut attempts) {
-                last_error.get_or_insert(AiError::Provider(ProviderError::Unavailable(format!(
-                    "the circuit of {} is open",
-                    step.deployment.name
-                ))));
+            if let Err(err) = self.admitted(step, &mut attempts) {
+                last_error.get_or_insert(err);
                 continue;
             }
             let started = Instant::now();
@@ -767,11 +812,8 @@ impl Ai {
                     continue;
                 }
             };
-            if !self.admitted(step, &mut attempts) {
-                last_error.get_or_insert(AiError::Provider(ProviderError::Unavailable(format!(
-                    "the circuit of {} is open",
-                    step.deployment.name
-                ))));
+            if let Err(err) = self.admitted(step, &mut attempts) {
+                last_error.get_or_insert(err);
                 continue;
             }
             let provider = self.provider(step)?;
@@ -1100,6 +1142,25 @@ pub struct Estimate {
     pub max_output_cost_micros: i64,
 }
 
+/// The deployments of one model in a random order where each comes first in proportion to its
+/// weight, the others following as fallbacks (Efraimidis and Spirakis: each is keyed by
+/// `u^(1/weight)` for a uniform `u`, highest first). Aliases keep the order they are written in.
+fn weighted_order(mut steps: Vec<Step>) -> Vec<Step> {
+    if steps.len() < 2 {
+        return steps;
+    }
+    let mut rng = rand::thread_rng();
+    let mut keyed: Vec<(f64, Step)> = steps
+        .drain(..)
+        .map(|step| {
+            let weight = f64::from(step.deployment.weight.max(1));
+            (rand::Rng::r#gen::<f64>(&mut rng).powf(1.0 / weight), step)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    keyed.into_iter().map(|(_, step)| step).collect()
+}
+
 /// A step's provider's adapter of one capability; a provider without one cannot serve the step.
 fn adapter<T: ?Sized>(
     adapters: &HashMap<&'static str, Arc<T>>,
@@ -1184,9 +1245,7 @@ impl StreamRun {
                     })) => {
                         let latency = run.started.elapsed();
                         run.ai
-                            .inner
-                            .quotas
-                            .spend(&run.caller.tenant, usage.input_tokens + usage.output_tokens);
+                            .spend(&run.caller.tenant, &run.step.deployment.name, &usage);
                         let cost = cost_micros(&usage, &run.step.entry.prices());
                         run.attempts
                             .push(attempt(&run.step, "OK", String::new(), latency));

@@ -39,6 +39,8 @@ pub struct Deployment {
     pub project: Option<String>,
     /// How long one call may take.
     pub timeout: Duration,
+    /// Its share of a model's traffic among the deployments serving that model.
+    pub weight: u32,
 }
 
 /// What a provider answered.

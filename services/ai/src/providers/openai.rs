@@ -883,6 +883,7 @@ mod tests {
             credential: Some("credentials/openai".into()),
             organization: None,
             project: None,
+            weight: 1,
             timeout: Duration::from_secs(5),
         }
     }
