@@ -3,7 +3,7 @@
 //! It answers, over HTTP on `127.0.0.1`, the endpoints Switchyard's OpenAI adapter calls, in the
 //! wire format OpenAI documents (<https://platform.openai.com/docs/api-reference>), and every
 //! body it makes up itself validates against OpenAI's published contract
-//! ([`crate::openai_contract`], and [`validate_media`] for images and audio):
+//! ([`crate::openai_contract`]):
 //!
 //! - `POST /v1/chat/completions`: a `chat.completion` object, or with `"stream": true` a
 //!   `text/event-stream` of `data: {chat.completion.chunk}` events ended by `data: [DONE]`. With
@@ -81,7 +81,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -127,18 +127,6 @@ pub const REVISED_PROMPT_PREFIX: &str = "A detailed, high-quality image of the f
 
 /// The eight bytes every PNG file starts with.
 pub const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
-
-/// The image and transcription schemas of OpenAI's contract that [`validate_media`] knows, with
-/// every schema they reference.
-pub const MEDIA_SCHEMAS: [&str; 7] = [
-    "CreateImageRequest",
-    "ImagesResponse",
-    "CreateTranscriptionRequest",
-    "CreateTranscriptionResponseJson",
-    "CreateTranscriptionResponseVerboseJson",
-    "TranscriptTextDeltaEvent",
-    "TranscriptTextDoneEvent",
-];
 
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
@@ -307,10 +295,13 @@ impl FakeOpenAi {
                         openai_contract::validate("CreateChatCompletionRequest", body)
                     }
                     "/v1/embeddings" => openai_contract::validate("CreateEmbeddingRequest", body),
-                    "/v1/images/generations" => validate_media("CreateImageRequest", body),
-                    "/v1/audio/transcriptions" => {
-                        validate_media("CreateTranscriptionRequest", &form_instance(body))
+                    "/v1/images/generations" => {
+                        openai_contract::validate("CreateImageRequest", body)
                     }
+                    "/v1/audio/transcriptions" => openai_contract::validate(
+                        "CreateTranscriptionRequest",
+                        &form_instance(body),
+                    ),
                     _ => return Vec::new(),
                 };
                 match result {
@@ -1823,73 +1814,6 @@ fn default_transcription(form: &Form) -> Answer {
     Answer::Json(StatusCode::OK, body, Vec::new())
 }
 
-// ---- the contract of the image and audio endpoints ----
-
-/// Validates `instance` against one of OpenAI's image and transcription schemas: the
-/// [`MEDIA_SCHEMAS`] or any schema they reference.
-///
-/// [`crate::openai_contract`] holds the chat completions and embeddings schemas only; these come
-/// from the same published spec (`openapi.yaml`, API version 2.3.0), and are checked the same
-/// way (JSON Schema 2020-12). The errors read `{instance path}: {message}`.
-pub fn validate_media(schema: &str, instance: &Value) -> Result<(), Vec<String>> {
-    let validator = media_validator(schema).map_err(|error| vec![error])?;
-    let errors: Vec<String> = validator
-        .iter_errors(instance)
-        .map(|error| {
-            let path = error.instance_path().as_str();
-            let path = if path.is_empty() { "/" } else { path };
-            format!("{path}: {error}")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// The compiled validator for one media schema; each is compiled once, on first use.
-fn media_validator(schema: &str) -> Result<Arc<jsonschema::Validator>, String> {
-    static SCHEMAS: OnceLock<Result<Value, String>> = OnceLock::new();
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
-    let schemas = SCHEMAS
-        .get_or_init(|| {
-            serde_json::from_str(MEDIA_SCHEMA_DOCUMENT)
-                .map_err(|err| format!("the fake OpenAI's media schemas are not JSON: {err}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(validator) = cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(schema)
-    {
-        return Ok(validator.clone());
-    }
-    if schemas.get(schema).is_none() {
-        return Err(format!(
-            "no schema {schema:?} among the OpenAI media schemas"
-        ));
-    }
-    // Wrapped as in the spec, so that each `#/components/schemas/...` resolves.
-    let root = json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$ref": format!("#/components/schemas/{schema}"),
-        "components": { "schemas": schemas },
-    });
-    let compiled = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(&root)
-        .map_err(|err| format!("compiling the OpenAI schema {schema}: {err}"))?;
-    let compiled = Arc::new(compiled);
-    cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(schema.to_owned(), compiled.clone());
-    Ok(compiled)
-}
-
 /// The answer to a scripted reply; `None` for [`Reply::Hang`], which answers by default once
 /// the wait is over.
 fn scripted_answer(endpoint: Endpoint, reply: Reply) -> Option<Answer> {
@@ -2140,287 +2064,6 @@ async fn handle(
     respond(answer, &common)
 }
 
-/// OpenAI's schemas of the image and transcription endpoints, copied from its published OpenAPI
-/// description (`openapi.yaml`, API version 2.3.0, the spec `specs/openai/schemas.json` was
-/// extracted from): the [`MEDIA_SCHEMAS`] and every schema they reference, by name as under
-/// `#/components/schemas`. Only validation keywords are kept (descriptions, examples, defaults
-/// and `x-*` annotations are dropped), and OpenAPI 3.0's `nullable: true` is written as
-/// JSON Schema's `anyOf: [schema, {"type": "null"}]`, as [`crate::openai_contract`] does.
-const MEDIA_SCHEMA_DOCUMENT: &str = r##"{
-  "CreateImageRequest": {
-    "type": "object",
-    "properties": {
-      "prompt": {"type": "string"},
-      "model": {
-        "anyOf": [
-          {
-            "anyOf": [
-              {"type": "string"},
-              {
-                "type": "string",
-                "enum": ["gpt-image-1.5", "gpt-image-2", "gpt-image-2-2026-04-21", "dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"]
-              }
-            ]
-          },
-          {"type": "null"}
-        ]
-      },
-      "n": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10}, {"type": "null"}]},
-      "quality": {
-        "anyOf": [
-          {"type": "string", "enum": ["standard", "hd", "low", "medium", "high", "auto"]},
-          {"type": "null"}
-        ]
-      },
-      "response_format": {"anyOf": [{"type": "string", "enum": ["url", "b64_json"]}, {"type": "null"}]},
-      "output_format": {"anyOf": [{"type": "string", "enum": ["png", "jpeg", "webp"]}, {"type": "null"}]},
-      "output_compression": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
-      "stream": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
-      "partial_images": {"$ref": "#/components/schemas/PartialImages"},
-      "size": {
-        "anyOf": [
-          {
-            "anyOf": [
-              {"type": "string"},
-              {
-                "type": "string",
-                "enum": ["auto", "1024x1024", "1536x1024", "1024x1536", "256x256", "512x512", "1792x1024", "1024x1792"]
-              }
-            ]
-          },
-          {"type": "null"}
-        ]
-      },
-      "moderation": {"anyOf": [{"type": "string", "enum": ["low", "auto"]}, {"type": "null"}]},
-      "background": {
-        "anyOf": [{"type": "string", "enum": ["transparent", "opaque", "auto"]}, {"type": "null"}]
-      },
-      "style": {"anyOf": [{"type": "string", "enum": ["vivid", "natural"]}, {"type": "null"}]},
-      "user": {"type": "string"}
-    },
-    "required": ["prompt"]
-  },
-  "ImagesResponse": {
-    "type": "object",
-    "properties": {
-      "created": {"type": "integer", "format": "unixtime"},
-      "data": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}},
-      "background": {"type": "string", "enum": ["transparent", "opaque"]},
-      "output_format": {"type": "string", "enum": ["png", "webp", "jpeg"]},
-      "size": {"type": "string", "enum": ["1024x1024", "1024x1536", "1536x1024"]},
-      "quality": {"type": "string", "enum": ["low", "medium", "high"]},
-      "usage": {"$ref": "#/components/schemas/ImageGenUsage"}
-    },
-    "required": ["created"]
-  },
-  "CreateTranscriptionRequest": {
-    "type": "object",
-    "additionalProperties": false,
-    "properties": {
-      "file": {"type": "string", "format": "binary"},
-      "model": {
-        "anyOf": [
-          {"type": "string"},
-          {
-            "type": "string",
-            "enum": ["whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize"]
-          }
-        ]
-      },
-      "language": {"type": "string"},
-      "languages": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-      "keywords": {"type": "array", "items": {"type": "string"}},
-      "prompt": {"type": "string"},
-      "response_format": {"$ref": "#/components/schemas/AudioResponseFormat"},
-      "temperature": {"type": "number"},
-      "include": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionInclude"}},
-      "timestamp_granularities": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
-      "stream": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
-      "chunking_strategy": {
-        "anyOf": [
-          {
-            "anyOf": [{"type": "string", "enum": ["auto"]}, {"$ref": "#/components/schemas/VadConfig"}]
-          },
-          {"type": "null"}
-        ]
-      },
-      "known_speaker_names": {"type": "array", "maxItems": 4, "items": {"type": "string"}},
-      "known_speaker_references": {"type": "array", "maxItems": 4, "items": {"type": "string"}}
-    },
-    "required": ["file", "model"]
-  },
-  "CreateTranscriptionResponseJson": {
-    "type": "object",
-    "properties": {
-      "text": {"type": "string"},
-      "languages": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionLanguage"}},
-      "logprobs": {
-        "type": "array",
-        "items": {
-          "type": "object",
-          "properties": {
-            "token": {"type": "string"},
-            "logprob": {"type": "number"},
-            "bytes": {"type": "array", "items": {"type": "number"}}
-          }
-        }
-      },
-      "usage": {
-        "type": "object",
-        "oneOf": [
-          {"$ref": "#/components/schemas/TranscriptTextUsageTokens"},
-          {"$ref": "#/components/schemas/TranscriptTextUsageDuration"}
-        ]
-      }
-    },
-    "required": ["text"]
-  },
-  "CreateTranscriptionResponseVerboseJson": {
-    "type": "object",
-    "properties": {
-      "language": {"type": "string"},
-      "duration": {"type": "number", "format": "double"},
-      "text": {"type": "string"},
-      "words": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionWord"}},
-      "segments": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionSegment"}},
-      "usage": {"$ref": "#/components/schemas/TranscriptTextUsageDuration"}
-    },
-    "required": ["language", "duration", "text"]
-  },
-  "TranscriptTextDeltaEvent": {
-    "type": "object",
-    "properties": {
-      "type": {"type": "string", "enum": ["transcript.text.delta"]},
-      "delta": {"type": "string"},
-      "logprobs": {
-        "type": "array",
-        "items": {
-          "type": "object",
-          "properties": {
-            "token": {"type": "string"},
-            "logprob": {"type": "number"},
-            "bytes": {"type": "array", "items": {"type": "integer"}}
-          }
-        }
-      },
-      "segment_id": {"type": "string"}
-    },
-    "required": ["type", "delta"]
-  },
-  "TranscriptTextDoneEvent": {
-    "type": "object",
-    "properties": {
-      "type": {"type": "string", "enum": ["transcript.text.done"]},
-      "text": {"type": "string"},
-      "languages": {"type": "array", "items": {"$ref": "#/components/schemas/TranscriptionLanguage"}},
-      "logprobs": {
-        "type": "array",
-        "items": {
-          "type": "object",
-          "properties": {
-            "token": {"type": "string"},
-            "logprob": {"type": "number"},
-            "bytes": {"type": "array", "items": {"type": "integer"}}
-          }
-        }
-      },
-      "usage": {"$ref": "#/components/schemas/TranscriptTextUsageTokens"}
-    },
-    "required": ["type", "text"]
-  },
-  "PartialImages": {"anyOf": [{"type": "integer", "maximum": 3, "minimum": 0}, {"type": "null"}]},
-  "Image": {
-    "type": "object",
-    "properties": {
-      "b64_json": {"type": "string"},
-      "url": {"type": "string", "format": "uri"},
-      "revised_prompt": {"type": "string"}
-    }
-  },
-  "ImageGenUsage": {
-    "properties": {
-      "input_tokens": {"type": "integer"},
-      "total_tokens": {"type": "integer"},
-      "output_tokens": {"type": "integer"},
-      "output_tokens_details": {"$ref": "#/components/schemas/ImageGenOutputTokensDetails"},
-      "input_tokens_details": {"$ref": "#/components/schemas/ImageGenInputUsageDetails"}
-    },
-    "type": "object",
-    "required": ["input_tokens", "total_tokens", "output_tokens", "input_tokens_details"]
-  },
-  "AudioResponseFormat": {"type": "string", "enum": ["json", "text", "srt", "verbose_json", "vtt", "diarized_json"]},
-  "TranscriptionInclude": {"type": "string", "enum": ["logprobs"]},
-  "VadConfig": {
-    "type": "object",
-    "additionalProperties": false,
-    "required": ["type"],
-    "properties": {
-      "type": {"type": "string", "enum": ["server_vad"]},
-      "prefix_padding_ms": {"type": "integer"},
-      "silence_duration_ms": {"type": "integer"},
-      "threshold": {"type": "number"}
-    }
-  },
-  "TranscriptionLanguage": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]},
-  "TranscriptTextUsageTokens": {
-    "type": "object",
-    "properties": {
-      "type": {"type": "string", "enum": ["tokens"]},
-      "input_tokens": {"type": "integer"},
-      "input_token_details": {
-        "type": "object",
-        "properties": {"text_tokens": {"type": "integer"}, "audio_tokens": {"type": "integer"}}
-      },
-      "output_tokens": {"type": "integer"},
-      "total_tokens": {"type": "integer"}
-    },
-    "required": ["type", "input_tokens", "output_tokens", "total_tokens"]
-  },
-  "TranscriptTextUsageDuration": {
-    "type": "object",
-    "properties": {
-      "type": {"type": "string", "enum": ["duration"]},
-      "seconds": {"type": "number", "format": "double"}
-    },
-    "required": ["type", "seconds"]
-  },
-  "TranscriptionWord": {
-    "type": "object",
-    "properties": {
-      "word": {"type": "string"},
-      "start": {"type": "number", "format": "double"},
-      "end": {"type": "number", "format": "double"}
-    },
-    "required": ["word", "start", "end"]
-  },
-  "TranscriptionSegment": {
-    "type": "object",
-    "properties": {
-      "id": {"type": "integer"},
-      "seek": {"type": "integer"},
-      "start": {"type": "number", "format": "double"},
-      "end": {"type": "number", "format": "double"},
-      "text": {"type": "string"},
-      "tokens": {"type": "array", "items": {"type": "integer"}},
-      "temperature": {"type": "number", "format": "float"},
-      "avg_logprob": {"type": "number", "format": "float"},
-      "compression_ratio": {"type": "number", "format": "float"},
-      "no_speech_prob": {"type": "number", "format": "float"}
-    },
-    "required": ["id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"]
-  },
-  "ImageGenOutputTokensDetails": {
-    "properties": {"image_tokens": {"type": "integer"}, "text_tokens": {"type": "integer"}},
-    "type": "object",
-    "required": ["image_tokens", "text_tokens"]
-  },
-  "ImageGenInputUsageDetails": {
-    "properties": {"text_tokens": {"type": "integer"}, "image_tokens": {"type": "integer"}},
-    "type": "object",
-    "required": ["text_tokens", "image_tokens"]
-  }
-}"##;
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -2612,12 +2255,6 @@ mod tests {
 
     fn assert_valid(schema: &str, body: &Value) {
         if let Err(errors) = openai_contract::validate(schema, body) {
-            panic!("{schema}: {errors:#?}\n{body:#}");
-        }
-    }
-
-    fn assert_media_valid(schema: &str, body: &Value) {
-        if let Err(errors) = validate_media(schema, body) {
             panic!("{schema}: {errors:#?}\n{body:#}");
         }
     }
@@ -3219,7 +2856,7 @@ mod tests {
             Some("29999996")
         );
         let body = response.json();
-        assert_media_valid("ImagesResponse", &body);
+        assert_valid("ImagesResponse", &body);
         assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
         assert!(body.get("usage").is_none() && body.get("size").is_none());
         let data = body["data"].as_array().unwrap();
@@ -3261,7 +2898,7 @@ mod tests {
         // As base64, the same request draws the same picture.
         request["response_format"] = json!("b64_json");
         let body = post(&fake, "/v1/images/generations", &request).await.json();
-        assert_media_valid("ImagesResponse", &body);
+        assert_valid("ImagesResponse", &body);
         assert!(body["data"][0].get("url").is_none());
         let b64 = body["data"][0]["b64_json"].as_str().unwrap();
         assert_eq!(BASE64.decode(b64).unwrap(), png);
@@ -3287,7 +2924,7 @@ mod tests {
         let response = post(&fake, "/v1/images/generations", &request).await;
         assert_eq!(response.status, 200);
         let body = response.json();
-        assert_media_valid("ImagesResponse", &body);
+        assert_valid("ImagesResponse", &body);
         assert_eq!(body["size"], "1536x1024");
         assert_eq!(body["quality"], "high");
         assert_eq!(body["output_format"], "png");
@@ -3322,7 +2959,7 @@ mod tests {
         // `auto` is 1024x1024, medium and opaque.
         let request = json!({ "model": "gpt-image-1-mini", "prompt": "a cat" });
         let body = post(&fake, "/v1/images/generations", &request).await.json();
-        assert_media_valid("ImagesResponse", &body);
+        assert_valid("ImagesResponse", &body);
         assert_eq!(
             (&body["size"], &body["quality"], &body["background"]),
             (&json!("1024x1024"), &json!("medium"), &json!("opaque"))
@@ -3339,7 +2976,7 @@ mod tests {
             "output_format": "webp",
         });
         let body = post(&fake, "/v1/images/generations", &request).await.json();
-        assert_media_valid("ImagesResponse", &body);
+        assert_valid("ImagesResponse", &body);
         assert_eq!(body["output_format"], "webp");
         assert_eq!(body["usage"]["output_tokens"], 3 * 408);
         assert_eq!(fake.contract_violations(), Vec::<String>::new());
@@ -3505,7 +3142,7 @@ mod tests {
         assert_eq!(response.header("content-type"), Some("application/json"));
         assert!(response.header("x-ratelimit-remaining-requests").is_some());
         let body = response.json();
-        assert_media_valid("CreateTranscriptionResponseJson", &body);
+        assert_valid("CreateTranscriptionResponseJson", &body);
         assert_eq!(
             body,
             json!({ "text": text, "usage": { "type": "duration", "seconds": 3 } })
@@ -3563,7 +3200,7 @@ mod tests {
         let response = transcribe(&fake, SPEECH.as_bytes(), &fields).await;
         assert_eq!(response.status, 200);
         let body = response.json();
-        assert_media_valid("CreateTranscriptionResponseVerboseJson", &body);
+        assert_valid("CreateTranscriptionResponseVerboseJson", &body);
         assert_eq!(body["task"], "transcribe");
         assert_eq!(body["language"], "french");
         assert_eq!(body["duration"], 3.0);
@@ -3615,7 +3252,7 @@ mod tests {
         )
         .await;
         let body = response.json();
-        assert_media_valid("CreateTranscriptionResponseVerboseJson", &body);
+        assert_valid("CreateTranscriptionResponseVerboseJson", &body);
         assert!(body.get("words").is_none());
         assert_eq!(body["language"], "english");
         assert_eq!(body["duration"], 1.0);
@@ -3656,7 +3293,7 @@ mod tests {
             ("prompt", "Names: Ada Lovelace"),
         ];
         let body = transcribe(&fake, SPEECH.as_bytes(), &fields).await.json();
-        assert_media_valid("CreateTranscriptionResponseJson", &body);
+        assert_valid("CreateTranscriptionResponseJson", &body);
         // 3 seconds make 30 audio tokens, and the prompt 3 text tokens; 6 words out.
         assert_eq!(
             body["usage"],
@@ -3786,7 +3423,7 @@ mod tests {
         let pieces: Vec<&str> = deltas
             .iter()
             .map(|delta| {
-                assert_media_valid("TranscriptTextDeltaEvent", delta);
+                assert_valid("TranscriptTextDeltaEvent", delta);
                 assert_eq!(delta["type"], "transcript.text.delta");
                 delta["delta"].as_str().unwrap()
             })
@@ -3795,7 +3432,7 @@ mod tests {
             pieces,
             ["Hello", " there.", "  How", " are", " you", " today?"]
         );
-        assert_media_valid("TranscriptTextDoneEvent", done);
+        assert_valid("TranscriptTextDoneEvent", done);
         assert_eq!(done["type"], "transcript.text.done");
         assert_eq!(done["text"], pieces.concat());
         assert_eq!(done["usage"]["type"], "tokens");
@@ -3866,17 +3503,8 @@ mod tests {
             "{violations:?}"
         );
 
-        for schema in MEDIA_SCHEMAS {
-            assert!(media_validator(schema).is_ok(), "{schema}");
-        }
-        assert_eq!(
-            validate_media("NoSuchSchema", &json!({})),
-            Err(vec![
-                "no schema \"NoSuchSchema\" among the OpenAI media schemas".to_owned()
-            ])
-        );
         let wrong = json!({ "created": 1, "data": [{ "url": 7 }], "quality": "hd" });
-        let errors = validate_media("ImagesResponse", &wrong).unwrap_err();
+        let errors = openai_contract::validate("ImagesResponse", &wrong).unwrap_err();
         assert!(
             errors.iter().any(|e| e.starts_with("/data/0/url: ")),
             "{errors:?}"

@@ -2,8 +2,9 @@
 //!
 //! The schemas come from OpenAI's OpenAPI 3.1 description of its REST API, extracted into
 //! `specs/openai/schemas.json` (see the README there for the source, what was kept and how to
-//! regenerate it): the chat completions and embeddings requests and responses, the streamed chat
-//! chunk and the error body, with every schema they reference.
+//! regenerate it): the chat completions, embeddings, image generation and transcription requests
+//! and responses, the streamed chat chunk and transcript events, and the error body, with every
+//! schema they reference.
 //!
 //! ```
 //! use serde_json::json;
@@ -23,13 +24,20 @@ use serde_json::{Map, Value, json};
 const SCHEMAS: &str = include_str!("../specs/openai/schemas.json");
 
 /// The schema names extracted from the spec as roots (the others are reached from them).
-pub const ROOT_SCHEMAS: [&str; 6] = [
+pub const ROOT_SCHEMAS: [&str; 13] = [
     "CreateChatCompletionRequest",
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "CreateEmbeddingRequest",
     "CreateEmbeddingResponse",
     "ErrorResponse",
+    "CreateImageRequest",
+    "ImagesResponse",
+    "CreateTranscriptionRequest",
+    "CreateTranscriptionResponseJson",
+    "CreateTranscriptionResponseVerboseJson",
+    "TranscriptTextDeltaEvent",
+    "TranscriptTextDoneEvent",
 ];
 
 /// Validates `instance` against `#/components/schemas/{schema}` of the extracted contract.
