@@ -32,6 +32,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(tweak: impl FnOnce(&mut AiConfig)) -> Fixture {
     switchyard_kit::tls::install_crypto_provider();
     let fake = FakeAnthropic::start().await;
     let (db, dir) = testing::sqlite_db().await.unwrap();
@@ -56,6 +60,7 @@ async fn fixture() -> Fixture {
     config
         .aliases
         .insert("smart".into(), vec!["claude".into(), "echo".into()]);
+    tweak(&mut config);
     let shutdown = CancellationToken::new();
     let (recorder, _writer) =
         usage::start(db.clone(), Duration::from_millis(20), 100, shutdown.clone());
@@ -420,4 +425,48 @@ async fn count_tokens_asks_anthropic_and_falls_back_to_the_estimate_with_a_notic
         "{:?}",
         count.notices
     );
+}
+
+#[tokio::test]
+async fn the_context_window_is_checked_on_anthropics_own_count_when_the_estimate_overflows() {
+    // A window of 60 tokens: the estimate (four characters a token) of 30 ten-letter words and
+    // the system prompt is about 90, but Anthropic (here the fake, which counts words) counts 35.
+    let f = fixture_with(|config| {
+        let mut entry = Catalogue::load(&config.models).unwrap().models["claude-haiku-4-5"].clone();
+        entry.context_window = 60;
+        config.models.insert("claude-haiku-4-5".into(), entry);
+    })
+    .await;
+    let words = |n: usize| vec!["abcdefghij"; n].join(" ");
+    let response =
+        f.ai.complete(&caller(), &ask("claude-haiku-4-5", &words(30)))
+            .await
+            .unwrap();
+    assert_eq!(response.deployment, "claude");
+    let paths: Vec<String> = f.fake.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/v1/messages/count_tokens", "/v1/messages"]);
+
+    // Beyond the window by Anthropic's own count, the numbers in the error are its count.
+    let err =
+        f.ai.complete(&caller(), &ask("claude-haiku-4-5", &words(70)))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AiError::ContextWindow {
+                input: 75,
+                window: 60,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // A request that fits by the estimate costs no count.
+    let before = f.fake.requests().len();
+    f.ai.complete(&caller(), &ask("claude-haiku-4-5", "short"))
+        .await
+        .unwrap();
+    assert_eq!(f.fake.requests().len(), before + 1);
 }

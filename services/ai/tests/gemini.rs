@@ -449,3 +449,41 @@ async fn count_tokens_asks_gemini_with_the_whole_request() {
         "be brief"
     );
 }
+
+#[tokio::test]
+async fn a_failed_tool_result_reaches_gemini_under_error() {
+    let f = fixture().await;
+    let mut request = ask("gemini-2.5-flash-lite", "What is the weather in Paris?");
+    request.messages.push(Message {
+        role: Role::Assistant,
+        parts: vec![Part {
+            kind: PartKind::ToolCall(ToolCall {
+                id: "call_0".into(),
+                name: "get_weather".into(),
+                arguments_json: r#"{"city":"Paris"}"#.into(),
+            }),
+            cache_breakpoint: false,
+        }],
+        name: None,
+    });
+    request.messages.push(Message {
+        role: Role::Tool,
+        parts: vec![Part {
+            kind: PartKind::ToolResult {
+                tool_call_id: "call_0".into(),
+                name: "get_weather".into(),
+                content: "the weather service is down".into(),
+                is_error: true,
+            },
+            cache_breakpoint: false,
+        }],
+        name: None,
+    });
+    f.ai.complete(&caller(), &request).await.unwrap();
+    let sent = f.fake.requests().pop().unwrap().body;
+    let last = sent["contents"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["parts"][0]["functionResponse"],
+        serde_json::json!({"name": "get_weather", "response": {"error": "the weather service is down"}})
+    );
+}

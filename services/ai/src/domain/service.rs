@@ -499,17 +499,12 @@ impl Ai {
             })
     }
 
-    /// The request as it fits `step`'s context window: as is, or truncated if it asks for that.
-    /// A step it does not fit leaves a trace in `attempts`.
-    fn fit(
-        &self,
-        step: &Step,
-        request: ChatRequest,
-        attempts: &mut Vec<Attempt>,
-    ) -> Result<ChatRequest> {
+    /// The local count of a request's input and its requested output when they might exceed
+    /// `step`'s context window; `None` when the request surely fits.
+    fn overflow(&self, step: &Step, request: &ChatRequest) -> Option<(u64, u64)> {
         let window = step.entry.context_window;
         if window == 0 {
-            return Ok(request);
+            return None;
         }
         let output = u64::from(request.max_output_tokens.unwrap_or(0));
         // A token is at least one byte: a request with fewer bytes than the window fits without
@@ -530,23 +525,87 @@ impl Ai {
                 .map(|t| t.parameters.to_string().len() as u64 + 64)
                 .sum::<u64>();
         if bytes + output <= window {
-            return Ok(request);
+            return None;
         }
-        let count = |r: &ChatRequest| {
-            tokens::count_request(
-                r,
-                &step.deployment.provider,
-                &step.deployment.provider_model,
+        let input = self.local_count(step, request);
+        (input + output > window).then_some((input, output))
+    }
+
+    fn local_count(&self, step: &Step, request: &ChatRequest) -> u64 {
+        tokens::count_request(
+            request,
+            &step.deployment.provider,
+            &step.deployment.provider_model,
+        )
+        .0
+    }
+
+    /// Exact input counts, from the providers' count endpoints, for the steps whose window the
+    /// local count says a request overflows. The local count of Anthropic and Gemini inputs is an
+    /// estimate (four characters a token), so a request is refused or truncated for them only on
+    /// a count the provider confirms; when the endpoint fails, the estimate stands. Requests that
+    /// fit cost no round trip.
+    async fn confirmed_counts(
+        &self,
+        request: &ChatRequest,
+        steps: &[Step],
+    ) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for step in steps {
+            let deployment = &step.deployment;
+            let Some(counter) = self.inner.counters.get(deployment.provider.as_str()) else {
+                continue;
+            };
+            if self.overflow(step, request).is_none() {
+                continue;
+            }
+            let counted = tokio::time::timeout(
+                deployment.timeout,
+                counter.count_tokens(deployment, request),
             )
-            .0
-        };
-        let input = count(&request);
-        if input + output <= window {
+            .await;
+            match counted {
+                Ok(Ok(input)) => {
+                    counts.insert(deployment.name.clone(), input);
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(deployment = %deployment.name, error = %err, "the count endpoint failed; the local estimate stands");
+                }
+                Err(_) => {
+                    tracing::warn!(deployment = %deployment.name, "the count endpoint timed out; the local estimate stands");
+                }
+            }
+        }
+        counts
+    }
+
+    /// The request as it fits `step`'s context window: as is, or truncated if it asks for that.
+    /// `confirmed` is the provider's own count of the input, when it was asked. A step the
+    /// request does not fit leaves a trace in `attempts`.
+    fn fit(
+        &self,
+        step: &Step,
+        request: ChatRequest,
+        attempts: &mut Vec<Attempt>,
+        confirmed: Option<u64>,
+    ) -> Result<ChatRequest> {
+        let Some((mut input, output)) = self.overflow(step, &request) else {
             return Ok(request);
+        };
+        let window = step.entry.context_window;
+        if let Some(exact) = confirmed {
+            if exact + output <= window {
+                return Ok(request);
+            }
+            input = exact;
         }
         if let Some(strategy) = request.truncation
-            && let Some(cut) =
-                context::truncate(&request, strategy, window.saturating_sub(output), count)
+            && let Some(cut) = context::truncate(
+                &request,
+                strategy,
+                window.saturating_sub(output),
+                |r: &ChatRequest| self.local_count(step, r),
+            )
         {
             return Ok(cut);
         }
@@ -564,7 +623,6 @@ impl Ai {
         })
     }
 
-    /// Whether a step's circuit lets it be tried; a skipped step leaves a trace in `attempts`.
     /// Whether a step may be tried: its circuit is closed (or probing) and its deployment is
     /// within its requests per minute. A skipped step leaves a trace in `attempts`, and the
     /// error is what the caller sees if no step is left.
@@ -613,6 +671,7 @@ impl Ai {
             return Box::pin(self.complete_constitutionally(caller, request, choice)).await;
         }
         let (steps, notices) = self.begin(caller, request)?;
+        let confirmed = self.confirmed_counts(request, &steps).await;
         let job = Job {
             caller,
             model: &request.model,
@@ -625,7 +684,8 @@ impl Ai {
                 // A fallback that cannot serve the request is skipped; if none can, the first
                 // reason is what the caller sees. A larger window further down the plan may take
                 // a request too long for this one (context-window fallback).
-                let adapted = self.fit(step, self.adapt(request, step)?, attempts)?;
+                let confirmed = confirmed.get(&step.deployment.name).copied();
+                let adapted = self.fit(step, self.adapt(request, step)?, attempts, confirmed)?;
                 let provider = self.provider(step)?.clone();
                 let (deployment, prices) = (step.deployment.clone(), step.entry.prices());
                 Ok(async move {
@@ -793,6 +853,7 @@ impl Ai {
             });
         }
         let (steps, notices) = self.begin(caller, request)?;
+        let confirmed = self.confirmed_counts(request, &steps).await;
         let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
         let mut attempts = Vec::new();
         let mut last_error = None;
@@ -804,7 +865,8 @@ impl Ai {
                     continue;
                 }
             };
-            let adapted = match self.fit(step, adapted, &mut attempts) {
+            let confirmed = confirmed.get(&step.deployment.name).copied();
+            let adapted = match self.fit(step, adapted, &mut attempts, confirmed) {
                 Ok(fitted) => fitted,
                 // A larger window further down the plan may take it (context-window fallback).
                 Err(err) => {

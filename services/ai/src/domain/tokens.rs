@@ -1,6 +1,7 @@
 //! Token counts: OpenAI's own tokenizers (tiktoken) for OpenAI models, and an estimate of about
-//! four characters a token for the others, whose tokenizers are not published (their count
-//! endpoints serve CountTokens when asked, but a per-request check must not cost a round trip).
+//! four characters a token for the others, whose tokenizers are not published. Their count
+//! endpoints serve CountTokens, and confirm the estimate when it says a request overflows a
+//! context window (the domain's `confirmed_counts`): a request that fits costs no round trip.
 
 use super::model::{ChatRequest, PartKind};
 

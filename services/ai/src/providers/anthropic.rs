@@ -340,7 +340,8 @@ pub fn request_body(
 
 fn finish_reason(value: &Value) -> FinishReason {
     match value.as_str() {
-        Some("max_tokens") => FinishReason::Length,
+        // The answer was cut by the window rather than by max_tokens: truncated all the same.
+        Some("max_tokens" | "model_context_window_exceeded") => FinishReason::Length,
         Some("tool_use") => FinishReason::ToolCalls,
         Some("refusal") => FinishReason::ContentFilter,
         _ => FinishReason::Stop,

@@ -179,9 +179,11 @@ fn parts(parts: &[Part]) -> Result<Vec<Value>, ProviderError> {
                     .map_err(|_| ProviderError::InvalidRequest(format!("tool call {} has arguments that are not JSON", call.id)))?;
                 json!({"functionCall": {"name": call.name, "args": args}})
             }
-            PartKind::ToolResult { name, content, .. } => {
-                // Gemini takes an object: a JSON object result as is, anything else wrapped.
+            PartKind::ToolResult { name, content, is_error, .. } => {
+                // Gemini takes an object: a JSON object result as is, anything else wrapped; a
+                // failure under `error`, as Google's FunctionResponse documents it.
                 let response = match serde_json::from_str::<Value>(content) {
+                    _ if *is_error => json!({"error": content}),
                     Ok(Value::Object(object)) => Value::Object(object),
                     _ => json!({"content": content}),
                 };
