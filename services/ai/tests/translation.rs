@@ -692,7 +692,7 @@ fn tool_round_trips() -> Vec<ToolRoundTrip> {
                         "functionDeclarations": [{
                             "name": TOOL,
                             "description": TOOL_DESCRIPTION,
-                            "parameters": weather_schema(),
+                            "parametersJsonSchema": weather_schema(),
                         }],
                     }]),
                 ),

@@ -222,7 +222,9 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ProviderError> {
         let declarations: Vec<Value> = request
             .tools
             .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "parameters": t.parameters}))
+            // `parametersJsonSchema` takes JSON Schema as callers write it; `parameters` only
+            // Google's OpenAPI subset, which refuses keywords such as `additionalProperties`.
+            .map(|t| json!({"name": t.name, "description": t.description, "parametersJsonSchema": t.parameters}))
             .collect();
         body.insert(
             "tools".into(),
