@@ -1365,31 +1365,18 @@ async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpStream;
-
     use super::*;
+    use crate::raw_http::{Connection, HttpResponse};
 
-    struct HttpResponse {
-        status: u16,
-        /// Lower-case names.
-        headers: Vec<(String, String)>,
-        body: String,
+    /// What Anthropic's responses carry beyond HTTP.
+    trait AnthropicResponse {
+        /// The `(event, data)` pairs of an event stream.
+        fn events(&self) -> Vec<(String, Value)>;
+        /// The error's `type` and `message`, checking the envelope.
+        fn error(&self) -> (String, String);
     }
 
-    impl HttpResponse {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn json(&self) -> Value {
-            serde_json::from_str(&self.body).unwrap()
-        }
-
-        /// The `(event, data)` pairs of an event stream.
+    impl AnthropicResponse for HttpResponse {
         fn events(&self) -> Vec<(String, Value)> {
             assert_eq!(
                 self.header("content-type"),
@@ -1406,7 +1393,6 @@ mod tests {
                 .collect()
         }
 
-        /// The error's `type` and `message`, checking the envelope.
         fn error(&self) -> (String, String) {
             let body = self.json();
             assert_eq!(body["type"], "error", "{body}");
@@ -1420,94 +1406,13 @@ mod tests {
         }
     }
 
-    /// A keep-alive HTTP/1.1 connection to the fake.
-    struct Connection {
-        stream: BufReader<TcpStream>,
-        host: String,
-    }
-
-    impl Connection {
-        async fn open(fake: &FakeAnthropic) -> Connection {
-            let host = fake.base_url().trim_start_matches("http://").to_owned();
-            let stream = TcpStream::connect(&host).await.unwrap();
-            Connection {
-                stream: BufReader::new(stream),
-                host,
-            }
-        }
-
-        /// Posts `body` with these headers (besides `Host`, `Content-Type` and
-        /// `Content-Length`).
-        async fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-            let headers: String = headers
-                .iter()
-                .map(|(name, value)| format!("{name}: {value}\r\n"))
-                .collect();
-            let request = format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                self.host,
-                body.len()
-            );
-            self.send(&request).await
-        }
-
-        /// Sends a raw request and reads its response.
-        async fn send(&mut self, request: &str) -> HttpResponse {
-            self.stream.write_all(request.as_bytes()).await.unwrap();
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.unwrap();
-            let status = line[9..12].parse().unwrap();
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                self.stream.read_line(&mut line).await.unwrap();
-                let Some((name, value)) = line.trim_end().split_once(": ") else {
-                    break;
-                };
-                headers.push((name.to_ascii_lowercase(), value.to_owned()));
-            }
-            let mut response = HttpResponse {
-                status,
-                headers,
-                body: String::new(),
-            };
-            let mut body = Vec::new();
-            if let Some(length) = response.header("content-length") {
-                body.resize(length.parse().unwrap(), 0);
-                self.stream.read_exact(&mut body).await.unwrap();
-            } else if response.header("transfer-encoding") == Some("chunked") {
-                loop {
-                    line.clear();
-                    self.stream.read_line(&mut line).await.unwrap();
-                    let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
-                    let mut chunk = vec![0; size + 2];
-                    self.stream.read_exact(&mut chunk).await.unwrap();
-                    if size == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..size]);
-                }
-            } else {
-                self.stream.read_to_end(&mut body).await.unwrap();
-            }
-            response.body = String::from_utf8(body).unwrap();
-            response
-        }
-
-        /// Whether the server closed the connection.
-        async fn closed(&mut self) -> bool {
-            let mut byte = [0u8; 1];
-            matches!(self.stream.read(&mut byte).await, Ok(0) | Err(_))
-        }
-    }
-
     const GOOD_HEADERS: [(&str, &str); 2] = [
         ("x-api-key", DEFAULT_API_KEY),
         ("anthropic-version", API_VERSION),
     ];
 
     async fn post(fake: &FakeAnthropic, path: &str, body: &Value) -> HttpResponse {
-        Connection::open(fake)
+        Connection::open(&fake.base_url())
             .await
             .post(path, &GOOD_HEADERS, &body.to_string())
             .await
@@ -1571,7 +1476,7 @@ mod tests {
         let fake = FakeAnthropic::start().await;
         assert!(fake.base_url().starts_with("http://127.0.0.1:"));
         assert!(!fake.base_url().contains("/v1"));
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let request = messages_request(false);
         let response = connection
             .post(
@@ -1666,7 +1571,7 @@ mod tests {
     async fn anthropic_version_is_required_and_checked() {
         let fake = FakeAnthropic::start().await;
         fake.push(FakeAnthropic::overloaded());
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let request = messages_request(false).to_string();
 
         let response = connection
@@ -1712,7 +1617,7 @@ mod tests {
         let fake = FakeAnthropic::start()
             .await
             .with_api_key("sk-ant-api03-right");
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let request = messages_request(false).to_string();
         let response = connection
             .post(
@@ -1761,7 +1666,7 @@ mod tests {
     #[tokio::test]
     async fn malformed_requests_get_anthropics_errors() {
         let fake = FakeAnthropic::start().await;
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let user = json!({ "role": "user", "content": "hi" });
         let cases = [
             ("{not json", "The request body is not valid JSON: "),
@@ -2271,7 +2176,7 @@ mod tests {
             events: events[..4].to_vec(),
             error: json!({ "type": "overloaded_error", "message": "Overloaded" }),
         });
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let response = connection
             .post(
                 "/v1/messages",
@@ -2378,34 +2283,23 @@ mod tests {
         let fake = FakeAnthropic::start()
             .await
             .with_event_delay(Duration::from_secs(30));
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let body = messages_request(true).to_string();
         let request = format!(
             "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nx-api-key: {DEFAULT_API_KEY}\r\nanthropic-version: {API_VERSION}\r\nContent-Length: {}\r\n\r\n{body}",
-            connection.host,
+            connection.host(),
             body.len()
         );
-        connection
-            .stream
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
         // The headers and the first event arrive at once; the second waits for the delay.
-        let mut received = String::new();
-        while !received.contains("event: message_start") || !received.ends_with("\n\n\r\n") {
-            let mut line = String::new();
-            connection.stream.read_line(&mut line).await.unwrap();
-            received.push_str(&line);
-        }
+        let received = connection
+            .send_until(&request, "event: message_start")
+            .await;
         assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
         assert_eq!(received.matches("event: ").count(), 1, "{received}");
-        let mut more = [0u8; 1];
-        let next = tokio::time::timeout(
-            Duration::from_millis(200),
-            connection.stream.read(&mut more),
-        )
-        .await;
-        assert!(next.is_err(), "the second event should wait");
+        assert!(
+            connection.quiet_for(Duration::from_millis(200)).await,
+            "the second event should wait"
+        );
     }
 
     #[test]

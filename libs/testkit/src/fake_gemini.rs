@@ -1701,33 +1701,20 @@ async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpStream;
-
     use super::*;
+    use crate::raw_http::{Connection, HttpResponse};
 
     const FLASH: &str = "/v1beta/models/gemini-2.5-flash";
 
-    struct HttpResponse {
-        status: u16,
-        /// Lower-case names.
-        headers: Vec<(String, String)>,
-        body: String,
+    /// What Google's responses carry beyond HTTP.
+    trait GeminiResponse {
+        /// The `data:` payloads of an event stream, which Google ends with `\r\n\r\n`.
+        fn events(&self) -> Vec<Value>;
+        /// The `error` object of a Google error body, after checking its `code`.
+        fn error(&self) -> Value;
     }
 
-    impl HttpResponse {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn json(&self) -> Value {
-            serde_json::from_str(&self.body).unwrap()
-        }
-
-        /// The `data:` payloads of an event stream, which Google ends with `\r\n\r\n`.
+    impl GeminiResponse for HttpResponse {
         fn events(&self) -> Vec<Value> {
             assert_eq!(self.header("content-type"), Some("text/event-stream"));
             assert!(self.body.ends_with("\r\n\r\n"), "{:?}", self.body);
@@ -1737,7 +1724,6 @@ mod tests {
                 .collect()
         }
 
-        /// The `error` object of a Google error body, after checking its `code`.
         fn error(&self) -> Value {
             let body = self.json();
             assert_eq!(body["error"]["code"], self.status, "{body}");
@@ -1745,88 +1731,23 @@ mod tests {
         }
     }
 
-    /// A keep-alive HTTP/1.1 connection to the fake.
-    struct Connection {
-        stream: BufReader<TcpStream>,
-        host: String,
+    /// Requests with a key as Google's clients send it: `x-goog-api-key: {key}`.
+    trait WithKey {
+        /// Posts a JSON `body` to `target`, a path and perhaps a query.
+        async fn post_as(&mut self, target: &str, key: Option<&str>, body: &str) -> HttpResponse;
     }
 
-    impl Connection {
-        async fn open(fake: &FakeGemini) -> Connection {
-            let host = fake.base_url().trim_start_matches("http://").to_owned();
-            let stream = TcpStream::connect(&host).await.unwrap();
-            Connection {
-                stream: BufReader::new(stream),
-                host,
-            }
-        }
-
-        async fn post(&mut self, target: &str, key: Option<&str>, body: &str) -> HttpResponse {
-            let auth = key
-                .map(|k| format!("x-goog-api-key: {k}\r\n"))
-                .unwrap_or_default();
-            let request = format!(
-                "POST {target} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                self.host,
-                body.len()
-            );
-            self.send(&request).await
-        }
-
-        /// Sends a raw request and reads its response.
-        async fn send(&mut self, request: &str) -> HttpResponse {
-            self.stream.write_all(request.as_bytes()).await.unwrap();
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.unwrap();
-            let status = line[9..12].parse().unwrap();
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                self.stream.read_line(&mut line).await.unwrap();
-                let Some((name, value)) = line.trim_end().split_once(": ") else {
-                    break;
-                };
-                headers.push((name.to_ascii_lowercase(), value.to_owned()));
-            }
-            let mut response = HttpResponse {
-                status,
-                headers,
-                body: String::new(),
-            };
-            let mut body = Vec::new();
-            if let Some(length) = response.header("content-length") {
-                body.resize(length.parse().unwrap(), 0);
-                self.stream.read_exact(&mut body).await.unwrap();
-            } else if response.header("transfer-encoding") == Some("chunked") {
-                loop {
-                    line.clear();
-                    self.stream.read_line(&mut line).await.unwrap();
-                    let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
-                    let mut chunk = vec![0; size + 2];
-                    self.stream.read_exact(&mut chunk).await.unwrap();
-                    if size == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..size]);
-                }
-            } else {
-                self.stream.read_to_end(&mut body).await.unwrap();
-            }
-            response.body = String::from_utf8(body).unwrap();
-            response
-        }
-
-        /// Whether the server closed the connection.
-        async fn closed(&mut self) -> bool {
-            let mut byte = [0u8; 1];
-            matches!(self.stream.read(&mut byte).await, Ok(0) | Err(_))
+    impl WithKey for Connection {
+        async fn post_as(&mut self, target: &str, key: Option<&str>, body: &str) -> HttpResponse {
+            let headers: Vec<_> = key.iter().map(|k| ("x-goog-api-key", *k)).collect();
+            self.post(target, &headers, body).await
         }
     }
 
     async fn post(fake: &FakeGemini, target: &str, body: &Value) -> HttpResponse {
-        Connection::open(fake)
+        Connection::open(&fake.base_url())
             .await
-            .post(target, Some(DEFAULT_API_KEY), &body.to_string())
+            .post_as(target, Some(DEFAULT_API_KEY), &body.to_string())
             .await
     }
 
@@ -1919,13 +1840,15 @@ mod tests {
     #[tokio::test]
     async fn the_key_can_be_a_query_parameter_and_snake_case_names_are_read() {
         let fake = FakeGemini::start().await.with_api_key("AIzaSy-right");
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let request = json!({
             "contents": [{ "parts": [{ "text": "one two three four" }] }],
             "generation_config": { "max_output_tokens": 2 },
         });
         let target = format!("{FLASH}:generateContent?key=AIzaSy%2Dright");
-        let response = connection.post(&target, None, &request.to_string()).await;
+        let response = connection
+            .post_as(&target, None, &request.to_string())
+            .await;
         assert_eq!(response.status, 200, "{}", response.body);
         let candidate = &response.json()["candidates"][0];
         assert_eq!(text_of(candidate), "one two");
@@ -1940,11 +1863,11 @@ mod tests {
     async fn a_wrong_key_gets_400_api_key_invalid_and_none_gets_403() {
         let fake = FakeGemini::start().await;
         fake.push(FakeGemini::overloaded());
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let body = chat_request().to_string();
         let target = format!("{FLASH}:generateContent");
 
-        let response = connection.post(&target, Some("AIza-wrong"), &body).await;
+        let response = connection.post_as(&target, Some("AIza-wrong"), &body).await;
         assert_eq!(response.status, 400);
         let error = response.error();
         assert_eq!(error["status"], "INVALID_ARGUMENT");
@@ -1962,10 +1885,10 @@ mod tests {
             })
         );
         let wrong_query = format!("{target}?key=AIza-wrong");
-        let response = connection.post(&wrong_query, None, &body).await;
+        let response = connection.post_as(&wrong_query, None, &body).await;
         assert_eq!(response.status, 400);
 
-        let response = connection.post(&target, None, &body).await;
+        let response = connection.post_as(&target, None, &body).await;
         assert_eq!(response.status, 403);
         let error = response.error();
         assert_eq!(error["status"], "PERMISSION_DENIED");
@@ -1975,7 +1898,7 @@ mod tests {
                 .unwrap()
                 .starts_with("Method doesn't allow unregistered callers")
         );
-        let response = connection.post(&target, Some(""), &body).await;
+        let response = connection.post_as(&target, Some(""), &body).await;
         assert_eq!(response.status, 403);
 
         assert_eq!(
@@ -1983,7 +1906,9 @@ mod tests {
             1,
             "refused requests leave the script"
         );
-        let response = connection.post(&target, Some(DEFAULT_API_KEY), &body).await;
+        let response = connection
+            .post_as(&target, Some(DEFAULT_API_KEY), &body)
+            .await;
         assert_eq!(response.status, 503);
         assert_eq!(response.error()["status"], "UNAVAILABLE");
         assert_eq!(fake.requests().len(), 5);
@@ -2320,12 +2245,12 @@ mod tests {
             );
         }
         // Paths Google does not serve get its HTML page, whatever the key.
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         for target in [
             "/v1/chat/completions",
             "/v1beta/models/gemini-2.5-flash:generateText",
         ] {
-            let response = connection.post(target, None, "{}").await;
+            let response = connection.post_as(target, None, "{}").await;
             assert_eq!(response.status, 404);
             assert_eq!(
                 response.header("content-type"),
@@ -2420,9 +2345,9 @@ mod tests {
              decoding failed for \"data:image/png;base64,AAAA\""
         );
 
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let response = connection
-            .post(&target, Some(DEFAULT_API_KEY), "{not json")
+            .post_as(&target, Some(DEFAULT_API_KEY), "{not json")
             .await;
         assert_eq!(response.status, 400);
         assert!(
@@ -2452,10 +2377,10 @@ mod tests {
             events: chunks[..2].to_vec(),
             error: error.clone(),
         });
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let target = format!("{FLASH}:streamGenerateContent?alt=sse");
         let response = connection
-            .post(&target, Some(DEFAULT_API_KEY), &chat_request().to_string())
+            .post_as(&target, Some(DEFAULT_API_KEY), &chat_request().to_string())
             .await;
         assert_eq!(response.status, 200);
         let events = response.events();

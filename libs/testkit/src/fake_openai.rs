@@ -2066,33 +2066,18 @@ async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpStream;
-
     use super::*;
+    use crate::raw_http::{Connection, HttpResponse};
 
-    struct HttpResponse {
-        status: u16,
-        /// Lower-case names.
-        headers: Vec<(String, String)>,
-        /// The body as text (lossily, for a binary one).
-        body: String,
-        bytes: Vec<u8>,
+    /// What OpenAI's responses carry beyond HTTP.
+    trait OpenAiResponse {
+        /// The `data:` payloads of an event stream.
+        fn events(&self) -> Vec<String>;
+        /// The JSON events of a stream, without `[DONE]`.
+        fn chunks(&self) -> Vec<Value>;
     }
 
-    impl HttpResponse {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn json(&self) -> Value {
-            serde_json::from_str(&self.body).unwrap()
-        }
-
-        /// The `data:` payloads of an event stream.
+    impl OpenAiResponse for HttpResponse {
         fn events(&self) -> Vec<String> {
             assert_eq!(
                 self.header("content-type"),
@@ -2104,7 +2089,6 @@ mod tests {
                 .collect()
         }
 
-        /// The JSON events of a stream, without `[DONE]`.
         fn chunks(&self) -> Vec<Value> {
             self.events()
                 .iter()
@@ -2114,126 +2098,43 @@ mod tests {
         }
     }
 
-    /// A keep-alive HTTP/1.1 connection to the fake.
-    struct Connection {
-        stream: BufReader<TcpStream>,
-        host: String,
+    /// Requests with a key as OpenAI's clients send it: `Authorization: Bearer {key}`.
+    trait WithKey {
+        /// Posts a JSON `body`.
+        async fn post_as(&mut self, path: &str, key: Option<&str>, body: &str) -> HttpResponse;
+        /// Posts a body with its content type, such as a form.
+        async fn post_bytes_as(
+            &mut self,
+            path: &str,
+            key: Option<&str>,
+            content_type: &str,
+            body: &[u8],
+        ) -> HttpResponse;
     }
 
-    impl Connection {
-        async fn open(fake: &FakeOpenAi) -> Connection {
-            let host = fake
-                .base_url()
-                .trim_start_matches("http://")
-                .trim_end_matches("/v1")
-                .to_owned();
-            let stream = TcpStream::connect(&host).await.unwrap();
-            Connection {
-                stream: BufReader::new(stream),
-                host,
-            }
+    impl WithKey for Connection {
+        async fn post_as(&mut self, path: &str, key: Option<&str>, body: &str) -> HttpResponse {
+            self.post_bytes_as(path, key, "application/json", body.as_bytes())
+                .await
         }
 
-        async fn post(&mut self, path: &str, key: Option<&str>, body: &str) -> HttpResponse {
-            let auth = key
-                .map(|k| format!("Authorization: Bearer {k}\r\n"))
-                .unwrap_or_default();
-            let request = format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                self.host,
-                body.len()
-            );
-            self.send(&request).await
-        }
-
-        /// Sends a raw request and reads its response.
-        async fn send(&mut self, request: &str) -> HttpResponse {
-            self.send_bytes(request.as_bytes()).await
-        }
-
-        /// Posts a body with its content type, such as a form.
-        async fn post_bytes(
+        async fn post_bytes_as(
             &mut self,
             path: &str,
             key: Option<&str>,
             content_type: &str,
             body: &[u8],
         ) -> HttpResponse {
-            let auth = key
-                .map(|k| format!("Authorization: Bearer {k}\r\n"))
-                .unwrap_or_default();
-            let mut request = format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-                self.host,
-                body.len()
-            )
-            .into_bytes();
-            request.extend_from_slice(body);
-            self.send_bytes(&request).await
-        }
-
-        /// A `GET` without a key.
-        async fn get(&mut self, path: &str) -> HttpResponse {
-            let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
-            self.send(&request).await
-        }
-
-        /// Sends raw bytes and reads the response.
-        async fn send_bytes(&mut self, request: &[u8]) -> HttpResponse {
-            self.stream.write_all(request).await.unwrap();
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.unwrap();
-            let status = line[9..12].parse().unwrap();
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                self.stream.read_line(&mut line).await.unwrap();
-                let Some((name, value)) = line.trim_end().split_once(": ") else {
-                    break;
-                };
-                headers.push((name.to_ascii_lowercase(), value.to_owned()));
-            }
-            let mut response = HttpResponse {
-                status,
-                headers,
-                body: String::new(),
-                bytes: Vec::new(),
-            };
-            let mut body = Vec::new();
-            if let Some(length) = response.header("content-length") {
-                body.resize(length.parse().unwrap(), 0);
-                self.stream.read_exact(&mut body).await.unwrap();
-            } else if response.header("transfer-encoding") == Some("chunked") {
-                loop {
-                    line.clear();
-                    self.stream.read_line(&mut line).await.unwrap();
-                    let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
-                    let mut chunk = vec![0; size + 2];
-                    self.stream.read_exact(&mut chunk).await.unwrap();
-                    if size == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..size]);
-                }
-            } else {
-                self.stream.read_to_end(&mut body).await.unwrap();
-            }
-            response.body = String::from_utf8_lossy(&body).into_owned();
-            response.bytes = body;
-            response
-        }
-
-        /// Whether the server closed the connection.
-        async fn closed(&mut self) -> bool {
-            let mut byte = [0u8; 1];
-            matches!(self.stream.read(&mut byte).await, Ok(0) | Err(_))
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let headers: Vec<_> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            self.post_bytes(path, &headers, content_type, body).await
         }
     }
 
     async fn post(fake: &FakeOpenAi, path: &str, body: &Value) -> HttpResponse {
-        Connection::open(fake)
+        Connection::open(&fake.base_url())
             .await
-            .post(path, Some(DEFAULT_API_KEY), &body.to_string())
+            .post_as(path, Some(DEFAULT_API_KEY), &body.to_string())
             .await
     }
 
@@ -2290,9 +2191,9 @@ mod tests {
     /// Uploads `audio` as `speech.mp3` with these fields.
     async fn transcribe(fake: &FakeOpenAi, audio: &[u8], fields: &[(&str, &str)]) -> HttpResponse {
         let (content_type, body) = form(Some(("speech.mp3", audio)), fields);
-        Connection::open(fake)
+        Connection::open(&fake.base_url())
             .await
-            .post_bytes(
+            .post_bytes_as(
                 "/v1/audio/transcriptions",
                 Some(DEFAULT_API_KEY),
                 &content_type,
@@ -2348,10 +2249,10 @@ mod tests {
         let fake = FakeOpenAi::start().await.with_organization("org-acme");
         assert!(fake.base_url().starts_with("http://127.0.0.1:"));
         assert!(fake.base_url().ends_with("/v1"));
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let request = chat_request(false);
         let response = connection
-            .post(
+            .post_as(
                 "/v1/chat/completions",
                 Some("sk-test"),
                 &request.to_string(),
@@ -2393,7 +2294,7 @@ mod tests {
         // The connection is kept alive for the next request.
         let embeddings = json!({ "model": "text-embedding-3-small", "input": "hi" });
         let response = connection
-            .post("/v1/embeddings", Some("sk-test"), &embeddings.to_string())
+            .post_as("/v1/embeddings", Some("sk-test"), &embeddings.to_string())
             .await;
         assert_eq!(response.status, 200);
         assert_eq!(
@@ -2467,10 +2368,10 @@ mod tests {
         let fake = FakeOpenAi::start().await.with_api_key("sk-proj-right-key");
         fake.push(FakeOpenAi::server_error());
         let request = chat_request(false).to_string();
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
 
         let response = connection
-            .post("/v1/chat/completions", Some("sk-test-wrong-1234"), &request)
+            .post_as("/v1/chat/completions", Some("sk-test-wrong-1234"), &request)
             .await;
         assert_eq!(response.status, 401);
         let body = response.json();
@@ -2485,12 +2386,12 @@ mod tests {
         assert!(response.header("x-request-id").is_some());
         assert!(response.header("x-ratelimit-limit-requests").is_none());
 
-        let response = connection.post("/v1/embeddings", None, &request).await;
+        let response = connection.post_as("/v1/embeddings", None, &request).await;
         assert_eq!(response.status, 401);
         assert_eq!(response.json()["error"]["code"], Value::Null);
         let raw = format!(
             "POST /v1/embeddings HTTP/1.1\r\nHost: {}\r\nAuthorization: sk-proj-right-key\r\nContent-Length: {}\r\n\r\n{request}",
-            connection.host,
+            connection.host(),
             request.len()
         );
         let response = connection.send(&raw).await;
@@ -2507,7 +2408,7 @@ mod tests {
 
         assert_eq!(fake.pending_replies(), 1);
         let response = connection
-            .post("/v1/chat/completions", Some("sk-proj-right-key"), &request)
+            .post_as("/v1/chat/completions", Some("sk-proj-right-key"), &request)
             .await;
         assert_eq!(response.status, 500);
         assert_valid("ErrorResponse", &response.json());
@@ -2616,9 +2517,9 @@ mod tests {
             chunks: chunks[..2].to_vec(),
             error: error.clone(),
         });
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let response = connection
-            .post(
+            .post_as(
                 "/v1/chat/completions",
                 Some(DEFAULT_API_KEY),
                 &chat_request(true).to_string(),
@@ -2639,34 +2540,21 @@ mod tests {
         let fake = FakeOpenAi::start()
             .await
             .with_chunk_delay(Duration::from_secs(30));
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let body = chat_request(true).to_string();
         let request = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {DEFAULT_API_KEY}\r\nContent-Length: {}\r\n\r\n{body}",
-            connection.host,
+            connection.host(),
             body.len()
         );
-        connection
-            .stream
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
         // The headers and the first event arrive at once; the second waits for the delay.
-        let mut received = String::new();
-        while !received.contains("data: ") || !received.ends_with("\n\n\r\n") {
-            let mut line = String::new();
-            connection.stream.read_line(&mut line).await.unwrap();
-            received.push_str(&line);
-        }
+        let received = connection.send_until(&request, "data: ").await;
         assert!(received.starts_with("HTTP/1.1 200 OK\r\n"), "{received}");
         assert_eq!(received.matches("data: ").count(), 1, "{received}");
-        let mut more = [0u8; 1];
-        let next = tokio::time::timeout(
-            Duration::from_millis(200),
-            connection.stream.read(&mut more),
-        )
-        .await;
-        assert!(next.is_err(), "the second event should wait");
+        assert!(
+            connection.quiet_for(Duration::from_millis(200)).await,
+            "the second event should wait"
+        );
     }
 
     #[tokio::test]
@@ -2749,7 +2637,7 @@ mod tests {
     #[tokio::test]
     async fn malformed_requests_get_openais_errors() {
         let fake = FakeOpenAi::start().await;
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let key = Some(DEFAULT_API_KEY);
         let cases = [
             ("/v1/chat/completions", "{not json", 400, None),
@@ -2769,7 +2657,7 @@ mod tests {
             ("/v1/completions", r#"{"model": "m"}"#, 404, None),
         ];
         for (path, body, status, code) in cases {
-            let response = connection.post(path, key, body).await;
+            let response = connection.post_as(path, key, body).await;
             assert_eq!(response.status, status, "{path} {body}");
             let error = response.json();
             assert_valid("ErrorResponse", &error);
@@ -2777,7 +2665,7 @@ mod tests {
         }
         let requests = fake.requests();
         assert_eq!(requests[0].body, json!("{not json"));
-        let response = connection.post("/v1/completions", key, "{}").await;
+        let response = connection.post_as("/v1/completions", key, "{}").await;
         assert_eq!(
             response.json()["error"]["message"],
             "Invalid URL (POST /v1/completions)"
@@ -2878,7 +2766,7 @@ mod tests {
 
         // No key is needed, as for OpenAI's signed URLs.
         let path = &url[url.find("/v1/").unwrap()..];
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let download = connection.get(path).await;
         assert_eq!(download.status, 200);
         assert_eq!(download.header("content-type"), Some("image/png"));
@@ -3085,10 +2973,10 @@ mod tests {
                 "Missing required parameter: 'prompt'.",
             ),
         ];
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         for (request, param, code, message) in &cases {
             let response = connection
-                .post(
+                .post_as(
                     "/v1/images/generations",
                     Some(DEFAULT_API_KEY),
                     &request.to_string(),
@@ -3121,7 +3009,7 @@ mod tests {
             );
         }
         let response = connection
-            .post(
+            .post_as(
                 "/v1/images/generations",
                 None,
                 &json!({ "prompt": "p" }).to_string(),
@@ -3364,11 +3252,13 @@ mod tests {
             assert_eq!(body["error"]["code"], code);
         }
 
-        let mut connection = Connection::open(&fake).await;
+        let mut connection = Connection::open(&fake.base_url()).await;
         let (content_type, body) = form(None, &[("model", "whisper-1")]);
         let key = Some(DEFAULT_API_KEY);
         let path = "/v1/audio/transcriptions";
-        let response = connection.post_bytes(path, key, &content_type, &body).await;
+        let response = connection
+            .post_bytes_as(path, key, &content_type, &body)
+            .await;
         assert_eq!(response.status, 400);
         assert_eq!(
             response.json()["error"],
@@ -3382,7 +3272,9 @@ mod tests {
         );
         // A file field without a filename is no file.
         let (content_type, body) = form(None, &[("file", "text")]);
-        let response = connection.post_bytes(path, key, &content_type, &body).await;
+        let response = connection
+            .post_bytes_as(path, key, &content_type, &body)
+            .await;
         assert_eq!(
             response.json()["error"]["message"],
             "2 validation errors for Request\nbody -> file\n  field required \
@@ -3390,7 +3282,7 @@ mod tests {
              (type=value_error.missing)"
         );
         let response = connection
-            .post(path, key, &json!({ "model": "whisper-1" }).to_string())
+            .post_as(path, key, &json!({ "model": "whisper-1" }).to_string())
             .await;
         assert_eq!(response.status, 400);
         let message = response.json()["error"]["message"].clone();
@@ -3402,7 +3294,7 @@ mod tests {
         );
         let (content_type, body) = form(Some(("a.mp3", b"hi")), &[("model", "whisper-1")]);
         let response = connection
-            .post_bytes(path, None, &content_type, &body)
+            .post_bytes_as(path, None, &content_type, &body)
             .await;
         assert_eq!(response.status, 401);
     }

@@ -5,3 +5,5 @@ pub mod fake_gemini;
 pub mod fake_openai;
 pub mod fake_vault;
 pub mod openai_contract;
+#[cfg(test)]
+mod raw_http;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::SecretString;
+use switchyard_ai::Ai;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
 use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
@@ -17,12 +17,13 @@ use switchyard_ai::domain::model::*;
 use switchyard_ai::domain::tokens::Counting;
 use switchyard_ai::providers::anthropic::Anthropic;
 use switchyard_ai::providers::echo::Echo;
-use switchyard_ai::providers::keys::StaticKeys;
 use switchyard_ai::providers::{Adapters, ProviderError};
-use switchyard_ai::{Ai, COMPONENT, usage};
-use switchyard_store::testing;
 use switchyard_testkit::fake_anthropic::{FakeAnthropic, Reply};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Gateway, caller, deployment, keys, open_ai};
 
 struct Fixture {
     ai: Ai,
@@ -38,49 +39,35 @@ async fn fixture() -> Fixture {
 async fn fixture_with(tweak: impl FnOnce(&mut AiConfig)) -> Fixture {
     switchyard_kit::tls::install_crypto_provider();
     let fake = FakeAnthropic::start().await;
-    let (db, dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
     let mut config = AiConfig::default();
     config.deployments.insert(
         "claude".into(),
         DeploymentConfig {
-            provider: "anthropic".into(),
-            model: "claude-haiku-4-5".into(),
             provider_model: Some("claude-haiku-4-5-20251001".into()),
-            base_url: Some(fake.base_url()),
-            credential: Some("credentials/anthropic".into()),
-            organization: None,
-            project: None,
-            timeout: Duration::from_millis(700),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
+            ..deployment(
+                "anthropic",
+                "claude-haiku-4-5",
+                Some(&fake.base_url()),
+                Some("credentials/anthropic"),
+                Duration::from_millis(700),
+            )
         },
     );
     config
         .aliases
         .insert("smart".into(), vec!["claude".into(), "echo".into()]);
+    config.usage_flush_interval = Duration::from_millis(20);
     tweak(&mut config);
-    let shutdown = CancellationToken::new();
-    let (recorder, _writer) =
-        usage::start(db.clone(), Duration::from_millis(20), 100, shutdown.clone());
-    let keys = Arc::new(StaticKeys::new([(
-        "credentials/anthropic".to_owned(),
-        SecretString::from("sk-ant-test"),
-    )]));
+    let keys = keys(&[("credentials/anthropic", "sk-ant-test")]);
     let anthropic = Arc::new(Anthropic::new(reqwest::Client::new(), keys));
     let adapters = Adapters {
         chat: vec![Arc::new(Echo), anthropic.clone()],
         token_counters: vec![anthropic],
         ..Adapters::default()
     };
-    let ai = Ai::new(
-        Catalogue::load(&config.models).unwrap(),
-        &config,
-        adapters,
-        recorder,
-        db,
-    );
+    let Gateway {
+        ai, shutdown, dir, ..
+    } = open_ai(&config, adapters).await;
     Fixture {
         ai,
         fake,
@@ -89,30 +76,8 @@ async fn fixture_with(tweak: impl FnOnce(&mut AiConfig)) -> Fixture {
     }
 }
 
-fn caller() -> Caller {
-    Caller {
-        tenant: "acme".into(),
-        subject: "alice".into(),
-    }
-}
-
 fn ask(model: &str, text: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![
-            Message {
-                role: Role::System,
-                parts: vec![Part::text("You answer in one line.")],
-                name: None,
-            },
-            Message {
-                role: Role::User,
-                parts: vec![Part::text(text)],
-                name: None,
-            },
-        ],
-        ..ChatRequest::default()
-    }
+    support::ask(model, "You answer in one line.", text)
 }
 
 #[tokio::test]

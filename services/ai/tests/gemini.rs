@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::SecretString;
+use switchyard_ai::Ai;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
-use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
 use switchyard_ai::domain::tokens::Counting;
@@ -19,10 +18,12 @@ use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::gemini::Gemini;
 use switchyard_ai::providers::keys::StaticKeys;
 use switchyard_ai::providers::{Adapters, ChatProvider, ProviderError};
-use switchyard_ai::{Ai, COMPONENT, usage};
-use switchyard_store::testing;
 use switchyard_testkit::fake_gemini::{FakeGemini, Reply};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Gateway, caller, deployment, keys, open_ai};
 
 struct Fixture {
     ai: Ai,
@@ -31,68 +32,47 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// A `gemini` deployment of `model` on `fake`.
+fn gemini_deployment(fake: &FakeGemini, model: &str, timeout: Duration) -> DeploymentConfig {
+    deployment(
+        "gemini",
+        model,
+        Some(&fake.base_url()),
+        Some("credentials/gemini"),
+        timeout,
+    )
+}
+
+fn gemini_keys() -> Arc<StaticKeys> {
+    keys(&[("credentials/gemini", "gemini-test")])
+}
+
 async fn fixture() -> Fixture {
     switchyard_kit::tls::install_crypto_provider();
     let fake = FakeGemini::start().await;
-    let (db, dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
     let mut config = AiConfig::default();
     config.deployments.insert(
         "flash".into(),
-        DeploymentConfig {
-            provider: "gemini".into(),
-            model: "gemini-2.5-flash-lite".into(),
-            provider_model: None,
-            base_url: Some(fake.base_url()),
-            credential: Some("credentials/gemini".into()),
-            organization: None,
-            project: None,
-            timeout: Duration::from_millis(700),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
-        },
+        gemini_deployment(&fake, "gemini-2.5-flash-lite", Duration::from_millis(700)),
     );
     config.deployments.insert(
         "gemini-embed".into(),
-        DeploymentConfig {
-            provider: "gemini".into(),
-            model: "gemini-embedding-001".into(),
-            provider_model: None,
-            base_url: Some(fake.base_url()),
-            credential: Some("credentials/gemini".into()),
-            organization: None,
-            project: None,
-            timeout: Duration::from_millis(700),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
-        },
+        gemini_deployment(&fake, "gemini-embedding-001", Duration::from_millis(700)),
     );
     config
         .aliases
         .insert("cheap".into(), vec!["flash".into(), "echo".into()]);
-    let shutdown = CancellationToken::new();
-    let (recorder, _writer) =
-        usage::start(db.clone(), Duration::from_millis(20), 100, shutdown.clone());
-    let keys = Arc::new(StaticKeys::new([(
-        "credentials/gemini".to_owned(),
-        SecretString::from("gemini-test"),
-    )]));
-    let gemini = Arc::new(Gemini::new(reqwest::Client::new(), keys));
+    config.usage_flush_interval = Duration::from_millis(20);
+    let gemini = Arc::new(Gemini::new(reqwest::Client::new(), gemini_keys()));
     let adapters = Adapters {
         chat: vec![Arc::new(Echo), gemini.clone()],
         embeddings: vec![gemini.clone()],
         token_counters: vec![gemini],
         ..Adapters::default()
     };
-    let ai = Ai::new(
-        Catalogue::load(&config.models).unwrap(),
-        &config,
-        adapters,
-        recorder,
-        db,
-    );
+    let Gateway {
+        ai, shutdown, dir, ..
+    } = open_ai(&config, adapters).await;
     Fixture {
         ai,
         fake,
@@ -101,30 +81,8 @@ async fn fixture() -> Fixture {
     }
 }
 
-fn caller() -> Caller {
-    Caller {
-        tenant: "acme".into(),
-        subject: "alice".into(),
-    }
-}
-
 fn ask(model: &str, text: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![
-            Message {
-                role: Role::System,
-                parts: vec![Part::text("Be brief.")],
-                name: None,
-            },
-            Message {
-                role: Role::User,
-                parts: vec![Part::text(text)],
-                name: None,
-            },
-        ],
-        ..ChatRequest::default()
-    }
+    support::ask(model, "Be brief.", text)
 }
 
 #[tokio::test]
@@ -287,39 +245,11 @@ async fn quota_errors_honour_retry_info_and_fall_back() {
     let mut config = AiConfig::default();
     config.deployments.insert(
         "flash".into(),
-        DeploymentConfig {
-            provider: "gemini".into(),
-            model: "gemini-2.5-flash-lite".into(),
-            provider_model: None,
-            base_url: Some(bad_key.base_url()),
-            credential: Some("credentials/gemini".into()),
-            organization: None,
-            project: None,
-            timeout: Duration::from_secs(1),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
-        },
+        gemini_deployment(&bad_key, "gemini-2.5-flash-lite", Duration::from_secs(1)),
     );
-    let keys = Arc::new(StaticKeys::new([(
-        "credentials/gemini".to_owned(),
-        SecretString::from("gemini-test"),
-    )]));
-    let (db, _dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
-    let (recorder, _writer) = usage::start(
-        db.clone(),
-        Duration::from_secs(1),
-        10,
-        CancellationToken::new(),
-    );
-    let ai = Ai::new(
-        Catalogue::load(&config.models).unwrap(),
-        &config,
-        vec![Arc::new(Gemini::new(reqwest::Client::new(), keys)) as Arc<dyn ChatProvider>].into(),
-        recorder,
-        db,
-    );
+    let gemini: Arc<dyn ChatProvider> =
+        Arc::new(Gemini::new(reqwest::Client::new(), gemini_keys()));
+    let Gateway { ai, dir: _dir, .. } = open_ai(&config, vec![gemini].into()).await;
     let err = ai
         .complete(&caller(), &ask("gemini-2.5-flash-lite", "x"))
         .await

@@ -9,21 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::SecretString;
 use serde_json::Value;
+use switchyard_ai::Ai;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
-use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::echo::Echo;
-use switchyard_ai::providers::keys::StaticKeys;
 use switchyard_ai::providers::openai::OpenAi;
 use switchyard_ai::providers::{Adapters, ProviderError};
-use switchyard_ai::usage::{self, UsageFilter};
-use switchyard_ai::{Ai, COMPONENT};
-use switchyard_store::testing;
+use switchyard_ai::usage::UsageFilter;
 use switchyard_testkit::fake_openai::{FakeOpenAi, Reply};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Gateway, caller, deployment, keys, open_ai};
 
 struct Fixture {
     ai: Ai,
@@ -38,39 +38,30 @@ async fn fixture() -> Fixture {
     let fake = FakeOpenAi::start()
         .await
         .with_organization("org-switchyard");
-    let (db, dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
+    let base_url = fake.base_url();
+    let openai_deployment = |model: &str, timeout| {
+        deployment(
+            "openai",
+            model,
+            Some(&base_url),
+            Some("credentials/openai"),
+            timeout,
+        )
+    };
     let mut config = AiConfig::default();
     config.deployments.insert(
         "openai-main".into(),
         DeploymentConfig {
-            provider: "openai".into(),
-            model: "gpt-4o-mini".into(),
-            provider_model: None,
-            base_url: Some(fake.base_url()),
-            credential: Some("credentials/openai".into()),
             organization: Some("org-switchyard".into()),
             project: Some("proj-1".into()),
-            timeout: Duration::from_millis(700),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
+            ..openai_deployment("gpt-4o-mini", Duration::from_millis(700))
         },
     );
     config.deployments.insert(
         "openai-embed".into(),
         DeploymentConfig {
-            provider: "openai".into(),
-            model: "text-embedding-3-small".into(),
-            provider_model: None,
-            base_url: Some(fake.base_url()),
-            credential: Some("credentials/openai".into()),
             organization: Some("org-switchyard".into()),
-            project: None,
-            timeout: Duration::from_millis(700),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
+            ..openai_deployment("text-embedding-3-small", Duration::from_millis(700))
         },
     );
     for (name, model) in [
@@ -81,19 +72,7 @@ async fn fixture() -> Fixture {
     ] {
         config.deployments.insert(
             name.into(),
-            DeploymentConfig {
-                provider: "openai".into(),
-                model: model.into(),
-                provider_model: None,
-                base_url: Some(fake.base_url()),
-                credential: Some("credentials/openai".into()),
-                organization: None,
-                project: None,
-                timeout: Duration::from_secs(2),
-                weight: 1,
-                rpm: 0,
-                tpm: 0,
-            },
+            openai_deployment(model, Duration::from_secs(2)),
         );
     }
     config
@@ -104,17 +83,7 @@ async fn fixture() -> Fixture {
         vec!["openai-embed".into(), "echo-embedding".into()],
     );
     config.usage_flush_interval = Duration::from_millis(20);
-    let shutdown = CancellationToken::new();
-    let (recorder, writer) = usage::start(
-        db.clone(),
-        config.usage_flush_interval,
-        100,
-        shutdown.clone(),
-    );
-    let keys = Arc::new(StaticKeys::new([(
-        "credentials/openai".to_owned(),
-        SecretString::from("sk-test"),
-    )]));
+    let keys = keys(&[("credentials/openai", "sk-test")]);
     let openai = Arc::new(OpenAi::new(reqwest::Client::new(), keys));
     let adapters = Adapters {
         chat: vec![Arc::new(Echo), openai.clone()],
@@ -123,13 +92,13 @@ async fn fixture() -> Fixture {
         transcription: vec![openai],
         ..Adapters::default()
     };
-    let ai = Ai::new(
-        Catalogue::load(&config.models).unwrap(),
-        &config,
-        adapters,
-        recorder,
-        db,
-    );
+    let Gateway {
+        ai,
+        writer,
+        shutdown,
+        dir,
+        ..
+    } = open_ai(&config, adapters).await;
     Fixture {
         ai,
         fake,
@@ -139,30 +108,11 @@ async fn fixture() -> Fixture {
     }
 }
 
-fn caller() -> Caller {
-    Caller {
-        tenant: "acme".into(),
-        subject: "alice".into(),
-    }
-}
-
+/// With the system prompt "be brief" and a temperature, which requests must carry.
 fn ask(model: &str, text: &str) -> ChatRequest {
     ChatRequest {
-        model: model.into(),
-        messages: vec![
-            Message {
-                role: Role::System,
-                parts: vec![Part::text("be brief")],
-                name: None,
-            },
-            Message {
-                role: Role::User,
-                parts: vec![Part::text(text)],
-                name: None,
-            },
-        ],
         temperature: Some(0.2),
-        ..ChatRequest::default()
+        ..support::ask(model, "be brief", text)
     }
 }
 

@@ -12,18 +12,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use switchyard_ai::Ai;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
-use switchyard_ai::domain::catalogue::{Catalogue, ModelEntry};
+use switchyard_ai::domain::catalogue::ModelEntry;
 use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::{
     ChatProvider, Deployment, EventStream, ProviderError, ProviderResponse,
 };
-use switchyard_ai::usage::{self, UsageFilter};
-use switchyard_ai::{Ai, COMPONENT};
-use switchyard_store::testing;
+use switchyard_ai::usage::UsageFilter;
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Gateway, caller, deployment, open_ai};
 
 /// A provider that fails as scripted, then answers like echo.
 #[derive(Debug)]
@@ -87,8 +90,6 @@ async fn fixture(failures: Vec<ProviderError>) -> Fixture {
 }
 
 async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiConfig)) -> Fixture {
-    let (db, dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
     let mut config = AiConfig::default();
     config.models.insert(
         "pricey".into(),
@@ -101,17 +102,8 @@ async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiCo
     config.deployments.insert(
         "primary".into(),
         DeploymentConfig {
-            provider: "scripted".into(),
-            model: "pricey".into(),
             provider_model: Some("pricey-v1".into()),
-            base_url: None,
-            credential: None,
-            organization: None,
-            project: None,
-            timeout: Duration::from_millis(500),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
+            ..deployment("scripted", "pricey", None, None, Duration::from_millis(500))
         },
     );
     config
@@ -119,20 +111,18 @@ async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiCo
         .insert("chain".into(), vec!["primary".into(), "echo".into()]);
     config.usage_flush_interval = Duration::from_millis(20);
     tweak(&mut config);
-    let catalogue = Catalogue::load(&config.models).unwrap();
-    let shutdown = CancellationToken::new();
-    let (recorder, writer) = usage::start(
-        db.clone(),
-        config.usage_flush_interval,
-        100,
-        shutdown.clone(),
-    );
     let scripted = Arc::new(Scripted {
         failures: Mutex::new(failures),
         calls: AtomicUsize::new(0),
     });
     let providers: Vec<Arc<dyn ChatProvider>> = vec![Arc::new(Echo), scripted.clone()];
-    let ai = Ai::new(catalogue, &config, providers.into(), recorder, db.clone());
+    let Gateway {
+        ai,
+        db,
+        writer,
+        shutdown,
+        dir,
+    } = open_ai(&config, providers.into()).await;
     Fixture {
         ai,
         db,
@@ -152,30 +142,8 @@ impl Fixture {
     }
 }
 
-fn caller() -> Caller {
-    Caller {
-        tenant: "acme".into(),
-        subject: "alice".into(),
-    }
-}
-
 fn ask(model: &str, text: &str) -> ChatRequest {
-    ChatRequest {
-        model: model.into(),
-        messages: vec![
-            Message {
-                role: Role::System,
-                parts: vec![Part::text("be brief")],
-                name: None,
-            },
-            Message {
-                role: Role::User,
-                parts: vec![Part::text(text)],
-                name: None,
-            },
-        ],
-        ..ChatRequest::default()
-    }
+    support::ask(model, "be brief", text)
 }
 
 #[tokio::test]
@@ -534,19 +502,7 @@ fn with_tiny_model(config: &mut AiConfig) {
     config.models.insert("tiny".into(), tiny);
     config.deployments.insert(
         "small".into(),
-        DeploymentConfig {
-            provider: "scripted".into(),
-            model: "tiny".into(),
-            provider_model: None,
-            base_url: None,
-            credential: None,
-            organization: None,
-            project: None,
-            timeout: Duration::from_secs(1),
-            weight: 1,
-            rpm: 0,
-            tpm: 0,
-        },
+        deployment("scripted", "tiny", None, None, Duration::from_secs(1)),
     );
     config
         .aliases
@@ -639,17 +595,9 @@ async fn too_long_inputs_fail_with_the_numbers_move_to_larger_windows_or_get_tru
 
 fn echo_deployment(weight: u32, rpm: u64) -> DeploymentConfig {
     DeploymentConfig {
-        provider: "echo".into(),
-        model: "echo".into(),
-        provider_model: None,
-        base_url: None,
-        credential: None,
-        organization: None,
-        project: None,
-        timeout: Duration::from_secs(1),
         weight,
         rpm,
-        tpm: 0,
+        ..deployment("echo", "echo", None, None, Duration::from_secs(1))
     }
 }
 

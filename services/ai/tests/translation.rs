@@ -14,22 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::SecretString;
 use serde_json::{Map, Value, json};
+use switchyard_ai::Ai;
 use switchyard_ai::config::{AiConfig, DeploymentConfig};
-use switchyard_ai::domain::catalogue::Catalogue;
 use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::Adapters;
 use switchyard_ai::providers::anthropic::Anthropic as AnthropicAdapter;
 use switchyard_ai::providers::gemini::Gemini as GeminiAdapter;
-use switchyard_ai::providers::keys::StaticKeys;
 use switchyard_ai::providers::openai::OpenAi as OpenAiAdapter;
-use switchyard_ai::{Ai, COMPONENT, usage};
-use switchyard_store::testing;
 use switchyard_testkit::fake_anthropic::{self, FakeAnthropic};
 use switchyard_testkit::fake_gemini::{self, FakeGemini};
 use switchyard_testkit::fake_openai::{self, FakeOpenAi};
 use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Gateway, caller, deployment, keys, open_ai};
 
 // ---- the conversation every test sends ----
 
@@ -123,8 +123,6 @@ async fn fixture() -> Fixture {
     let openai = FakeOpenAi::start().await;
     let anthropic = FakeAnthropic::start().await;
     let gemini = FakeGemini::start().await;
-    let (db, dir) = testing::sqlite_db().await.unwrap();
-    db.migrate(COMPONENT, usage::MIGRATIONS).await.unwrap();
     let mut config = AiConfig::default();
     let deployments = [
         (Upstream::OpenAi, None, openai.base_url()),
@@ -139,37 +137,23 @@ async fn fixture() -> Fixture {
         config.deployments.insert(
             upstream.name().into(),
             DeploymentConfig {
-                provider: upstream.name().into(),
-                model: upstream.model().into(),
                 provider_model: provider_model.map(Into::into),
-                base_url: Some(base_url),
-                credential: Some(format!("credentials/{}", upstream.name())),
-                organization: None,
-                project: None,
-                timeout: Duration::from_secs(2),
-                weight: 1,
-                rpm: 0,
-                tpm: 0,
+                ..deployment(
+                    upstream.name(),
+                    upstream.model(),
+                    Some(&base_url),
+                    Some(&format!("credentials/{}", upstream.name())),
+                    Duration::from_secs(2),
+                )
             },
         );
     }
-    let shutdown = CancellationToken::new();
-    let (recorder, _writer) =
-        usage::start(db.clone(), Duration::from_millis(20), 100, shutdown.clone());
-    let keys = Arc::new(StaticKeys::new([
-        (
-            "credentials/openai".to_owned(),
-            SecretString::from(fake_openai::DEFAULT_API_KEY),
-        ),
-        (
-            "credentials/anthropic".to_owned(),
-            SecretString::from(fake_anthropic::DEFAULT_API_KEY),
-        ),
-        (
-            "credentials/gemini".to_owned(),
-            SecretString::from(fake_gemini::DEFAULT_API_KEY),
-        ),
-    ]));
+    config.usage_flush_interval = Duration::from_millis(20);
+    let keys = keys(&[
+        ("credentials/openai", fake_openai::DEFAULT_API_KEY),
+        ("credentials/anthropic", fake_anthropic::DEFAULT_API_KEY),
+        ("credentials/gemini", fake_gemini::DEFAULT_API_KEY),
+    ]);
     let http = reqwest::Client::new();
     let adapters = Adapters {
         chat: vec![
@@ -179,13 +163,9 @@ async fn fixture() -> Fixture {
         ],
         ..Adapters::default()
     };
-    let ai = Ai::new(
-        Catalogue::load(&config.models).unwrap(),
-        &config,
-        adapters,
-        recorder,
-        db,
-    );
+    let Gateway {
+        ai, shutdown, dir, ..
+    } = open_ai(&config, adapters).await;
     Fixture {
         ai,
         openai,
@@ -251,13 +231,6 @@ impl Fixture {
 }
 
 // ---- neutral requests ----
-
-fn caller() -> Caller {
-    Caller {
-        tenant: "acme".into(),
-        subject: "alice".into(),
-    }
-}
 
 fn message(role: Role, parts: Vec<Part>) -> Message {
     Message {
