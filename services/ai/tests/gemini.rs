@@ -417,3 +417,45 @@ async fn a_failed_tool_result_reaches_gemini_under_error() {
         serde_json::json!({"name": "get_weather", "response": {"error": "the weather service is down"}})
     );
 }
+
+#[tokio::test]
+async fn thought_signatures_of_function_calls_travel_in_the_call_id_and_go_back() {
+    let f = fixture().await;
+    let mut answer =
+        FakeGemini::function_call_response("get_weather", serde_json::json!({"city": "Paris"}));
+    answer["candidates"][0]["content"]["parts"][0]["thoughtSignature"] =
+        serde_json::json!("c2lnbmF0dXJl");
+    f.fake.push(Reply::Response(answer));
+    let mut request = ask("gemini-2.5-flash-lite", "What is the weather in Paris?");
+    let response = f.ai.complete(&caller(), &request).await.unwrap();
+    let PartKind::ToolCall(call) = &response.message.parts[0].kind else {
+        panic!("{response:?}")
+    };
+    assert_eq!(call.id, "call_0__thought__c2lnbmF0dXJl");
+
+    // The client sends the call back with its id, as the OpenAI SDKs do; Gemini gets the
+    // signature on the call's part.
+    request.messages.push(response.message.clone());
+    request.messages.push(Message {
+        role: Role::Tool,
+        parts: vec![Part {
+            kind: PartKind::ToolResult {
+                tool_call_id: call.id.clone(),
+                name: "get_weather".into(),
+                content: r#"{"celsius":18}"#.into(),
+                is_error: false,
+            },
+            cache_breakpoint: false,
+        }],
+        name: None,
+    });
+    f.ai.complete(&caller(), &request).await.unwrap();
+    let sent = f.fake.requests().pop().unwrap().body;
+    let model_turn = &sent["contents"][1];
+    assert_eq!(model_turn["role"], "model");
+    assert_eq!(model_turn["parts"][0]["thoughtSignature"], "c2lnbmF0dXJl");
+    assert_eq!(
+        model_turn["parts"][0]["functionCall"]["name"],
+        "get_weather"
+    );
+}

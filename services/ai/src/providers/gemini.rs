@@ -1,8 +1,10 @@
 //! The Gemini adapter: the Generative Language API (`models/{model}:generateContent` and
 //! `:streamGenerateContent?alt=sse`), with `systemInstruction`, `contents`/`parts` (text,
 //! `inlineData`, `fileData`, `functionCall`, `functionResponse`), function declarations, safety
-//! settings, and safety ratings and blocked-prompt feedback surfaced as notices. Google's quota
-//! errors (429 RESOURCE_EXHAUSTED) are honoured with the delay of their `RetryInfo`.
+//! settings, and safety ratings and blocked-prompt feedback surfaced as notices. Thought
+//! signatures of function calls travel in the calls' ids and go back to Gemini with them.
+//! Google's quota errors (429 RESOURCE_EXHAUSTED) are honoured with the delay of their
+//! `RetryInfo`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +179,11 @@ fn parts(parts: &[Part]) -> Result<Vec<Value>, ProviderError> {
             PartKind::ToolCall(call) => {
                 let args: Value = serde_json::from_str(&call.arguments_json)
                     .map_err(|_| ProviderError::InvalidRequest(format!("tool call {} has arguments that are not JSON", call.id)))?;
-                json!({"functionCall": {"name": call.name, "args": args}})
+                let mut part = json!({"functionCall": {"name": call.name, "args": args}});
+                if let Some((_, signature)) = call.id.split_once(SIGNATURE_SEPARATOR) {
+                    part["thoughtSignature"] = json!(signature);
+                }
+                part
             }
             PartKind::ToolResult { name, content, is_error, .. } => {
                 // Gemini takes an object: a JSON object result as is, anything else wrapped; a
@@ -358,12 +364,24 @@ fn safety_notices(body: &Value) -> Vec<String> {
     notices
 }
 
-fn tool_call_of(call: &Value, index: usize) -> ToolCall {
+/// Between a tool call's id and the thought signature Gemini attached to the call. The id is
+/// the one field of a call every client (the OpenAI SDKs included) sends back unchanged in the
+/// next turn, so the signature travels in it and goes back to Gemini as `thoughtSignature`, which
+/// its thinking models need to continue from their reasoning.
+const SIGNATURE_SEPARATOR: &str = "__thought__";
+
+/// A `functionCall` part as a neutral tool call.
+fn tool_call_of(part: &Value, index: usize) -> ToolCall {
+    let call = &part["functionCall"];
+    // Gemini calls carry an id only in newer models; one is made up where it is missing.
+    let id = call["id"]
+        .as_str()
+        .map_or_else(|| format!("call_{index}"), str::to_owned);
     ToolCall {
-        // Gemini calls carry an id only in newer models; one is made up where it is missing.
-        id: call["id"]
-            .as_str()
-            .map_or_else(|| format!("call_{index}"), str::to_owned),
+        id: match part["thoughtSignature"].as_str() {
+            Some(signature) => format!("{id}{SIGNATURE_SEPARATOR}{signature}"),
+            None => id,
+        },
         name: call["name"].as_str().unwrap_or_default().to_owned(),
         arguments_json: if call["args"].is_null() {
             "{}".to_owned()
@@ -416,7 +434,7 @@ pub fn response_of(body: &Value) -> Result<ProviderResponse, ProviderError> {
             });
         } else if part["functionCall"].is_object() {
             parts.push(Part {
-                kind: PartKind::ToolCall(tool_call_of(&part["functionCall"], calls)),
+                kind: PartKind::ToolCall(tool_call_of(part, calls)),
                 cache_breakpoint: false,
             });
             calls += 1;
@@ -657,7 +675,7 @@ fn stream_events(
                             };
                             state.pending.push_back(ProviderEvent::Delta(delta));
                         } else if part["functionCall"].is_object() {
-                            let call = tool_call_of(&part["functionCall"], state.calls);
+                            let call = tool_call_of(part, state.calls);
                             state
                                 .pending
                                 .push_back(ProviderEvent::Delta(Delta::ToolCall(ToolCallDelta {
