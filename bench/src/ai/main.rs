@@ -38,6 +38,7 @@ const TARGETS: &[&str] = &[
     "switchyard-grpc",
     "litellm",
     "portkey",
+    "envoy",
 ];
 
 /// Measures the overhead of AI gateways in front of one mock OpenAI upstream.
@@ -76,18 +77,19 @@ struct Bench {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
     /// Targets, comma-separated: direct (the mock alone), switchyard-http, switchyard-grpc,
-    /// litellm, portkey.
+    /// litellm, portkey, envoy (a plain proxy to the mock).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,switchyard-http,switchyard-grpc,litellm,portkey"
+        default_value = "direct,switchyard-http,switchyard-grpc,litellm,portkey,envoy"
     )]
     targets: Vec<String>,
     /// Modes, comma-separated: unary, stream.
     #[arg(long, value_delimiter = ',', default_value = "unary,stream")]
     modes: Vec<String>,
     /// Worker threads (Switchyard: TOKIO_WORKER_THREADS) or processes (LiteLLM: --num_workers)
-    /// of each gateway; Portkey runs one Node.js process whatever this says.
+    /// of each gateway (Envoy: --concurrency); Portkey runs one Node.js process whatever this
+    /// says.
     #[arg(long, default_value_t = 1)]
     gateway_workers: usize,
     /// Worker threads of the mock upstream.
@@ -115,6 +117,10 @@ struct Bench {
     /// Node.js, for Portkey.
     #[arg(long, env = "AI_BENCH_NODE", default_value = "node")]
     node: PathBuf,
+    /// Envoy's `envoy` program, the plain-proxy reference
+    /// [default: ~/.cache/switchyard/tools/envoy-venv/bin/envoy].
+    #[arg(long, env = "AI_BENCH_ENVOY")]
+    envoy: Option<PathBuf>,
     /// Stream through Portkey too. Off by default: @portkey-ai/gateway 1.15.2 on Node.js answers
     /// every OpenAI stream with HTTP 500 (`TypeError: immutable` in `updateHeaders`,
     /// Portkey-AI/gateway issues 1389 and 1550).
@@ -195,6 +201,10 @@ fn tools(bench: &Bench) -> anyhow::Result<Tools> {
             .portkey_dir
             .clone()
             .unwrap_or_else(|| tools_dir().join("portkey")),
+        envoy: bench
+            .envoy
+            .clone()
+            .unwrap_or_else(|| tools_dir().join("envoy-venv/bin/envoy")),
     })
 }
 
@@ -204,6 +214,7 @@ fn gateway_of(target: &str) -> Option<Gateway> {
         "switchyard-http" | "switchyard-grpc" => Some(Gateway::Switchyard),
         "litellm" => Some(Gateway::Litellm),
         "portkey" => Some(Gateway::Portkey),
+        "envoy" => Some(Gateway::Envoy),
         _ => None,
     }
 }
@@ -285,7 +296,7 @@ async fn execute(bench: Bench, client_threads: usize) -> anyhow::Result<Report> 
         ),
         format!(
             "gateway workers: {} (Switchyard: tokio worker threads; LiteLLM: uvicorn worker \
-             processes; Portkey: always one Node.js process)",
+             processes; Portkey: always one Node.js process; Envoy: --concurrency)",
             bench.gateway_workers
         ),
     ];
