@@ -1349,33 +1349,14 @@ impl StreamRun {
                             (run, events, assembly, ttft, true),
                         ))
                     }
-                    Some(Err(err)) => {
-                        let latency = run.started.elapsed();
-                        run.ai.record(
-                            &Call {
-                                caller: &run.caller,
-                                tags: &run.request.tags,
-                                end_user_id: run.request.end_user_id.as_deref(),
-                                step: &run.step,
-                                request_id: &run.id,
-                                time: run.time,
-                                attempt: run.attempt_number,
-                            },
-                            Outcome {
-                                usage: Usage::default(),
-                                cost: 0,
-                                latency,
-                                ttft,
-                                result_code: err.result_code(),
-                                error_reason: err.reason(),
-                            },
-                        );
-                        Some((Err(err.into()), (run, events, assembly, ttft, true)))
-                    }
-                    None => {
-                        let err = ProviderError::Other(
-                            "the provider's stream ended without finishing".into(),
-                        );
+                    // A failure, or an end without the finish, ends the stream with an error.
+                    failed @ (Some(Err(_)) | None) => {
+                        let err = match failed {
+                            Some(Err(err)) => err,
+                            _ => ProviderError::Other(
+                                "the provider's stream ended without finishing".into(),
+                            ),
+                        };
                         let latency = run.started.elapsed();
                         run.ai.record(
                             &Call {

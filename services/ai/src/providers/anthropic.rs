@@ -23,7 +23,7 @@ use super::keys::KeySource;
 use super::sse;
 use super::{
     ChatProvider, Deployment, EventStream, ProviderError, ProviderEvent, ProviderResponse,
-    TokenCounter,
+    TokenCounter, decode,
 };
 use crate::domain::model::*;
 
@@ -421,12 +421,7 @@ impl TokenCounter for Anthropic {
         let response = self
             .send_to(deployment, "messages/count_tokens", &body)
             .await?;
-        let answer: Value = response.json().await.map_err(|err| {
-            ProviderError::Other(format!(
-                "the response does not decode: {}",
-                err.without_url()
-            ))
-        })?;
+        let answer = decode(response).await?;
         answer["input_tokens"]
             .as_u64()
             .ok_or_else(|| ProviderError::Other("the count has no input_tokens".into()))
@@ -445,14 +440,7 @@ impl ChatProvider for Anthropic {
         request: &ChatRequest,
     ) -> Result<ProviderResponse, ProviderError> {
         let body = request_body(deployment, request, false)?;
-        let response = self.send(deployment, &body).await?;
-        let body: Value = response.json().await.map_err(|err| {
-            ProviderError::Other(format!(
-                "the response does not decode: {}",
-                err.without_url()
-            ))
-        })?;
-        response_of(&body)
+        response_of(&decode(self.send(deployment, &body).await?).await?)
     }
 
     async fn stream(

@@ -20,7 +20,7 @@ use super::keys::KeySource;
 use super::sse;
 use super::{
     ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
-    ProviderEvent, ProviderResponse, TokenCounter,
+    ProviderEvent, ProviderResponse, TokenCounter, decode,
 };
 use crate::domain::model::*;
 use crate::domain::tokens;
@@ -90,13 +90,7 @@ impl Gemini {
         method: &str,
         body: &Value,
     ) -> Result<Value, ProviderError> {
-        let response = self.send(deployment, method, body).await?;
-        response.json().await.map_err(|err| {
-            ProviderError::Other(format!(
-                "the response does not decode: {}",
-                err.without_url()
-            ))
-        })
+        decode(self.send(deployment, method, body).await?).await
     }
 }
 

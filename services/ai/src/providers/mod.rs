@@ -153,6 +153,18 @@ impl ProviderError {
     }
 }
 
+/// The JSON body of a provider's successful answer.
+pub(crate) async fn decode(
+    response: reqwest::Response,
+) -> Result<serde_json::Value, ProviderError> {
+    response.json().await.map_err(|err| {
+        ProviderError::Other(format!(
+            "the response does not decode: {}",
+            err.without_url()
+        ))
+    })
+}
+
 /// A stream of provider events.
 pub type EventStream = BoxStream<'static, Result<ProviderEvent, ProviderError>>;
 

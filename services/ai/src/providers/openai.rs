@@ -18,7 +18,7 @@ use super::sse;
 use super::{
     ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, GeneratedImages,
     ImageProvider, ProviderError, ProviderEvent, ProviderResponse, Transcribed,
-    TranscriptionProvider,
+    TranscriptionProvider, decode,
 };
 use crate::domain::model::*;
 
@@ -94,15 +94,6 @@ impl OpenAi {
 enum Body<'a> {
     Json(&'a Value),
     Form(reqwest::multipart::Form),
-}
-
-async fn decode(response: reqwest::Response) -> Result<Value, ProviderError> {
-    response.json().await.map_err(|err| {
-        ProviderError::Other(format!(
-            "the response does not decode: {}",
-            err.without_url()
-        ))
-    })
 }
 
 fn transport_error(err: reqwest::Error) -> ProviderError {
