@@ -17,7 +17,7 @@ use switchyard_ai::domain::tokens::Counting;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::gemini::Gemini;
 use switchyard_ai::providers::keys::StaticKeys;
-use switchyard_ai::providers::{Adapters, ChatProvider, ProviderError};
+use switchyard_ai::providers::{Adapters, ProviderError};
 use switchyard_testkit::fake_gemini::{FakeGemini, Reply};
 use tokio_util::sync::CancellationToken;
 
@@ -247,9 +247,11 @@ async fn quota_errors_honour_retry_info_and_fall_back() {
         "flash".into(),
         gemini_deployment(&bad_key, "gemini-2.5-flash-lite", Duration::from_secs(1)),
     );
-    let gemini: Arc<dyn ChatProvider> =
-        Arc::new(Gemini::new(reqwest::Client::new(), gemini_keys()));
-    let Gateway { ai, dir: _dir, .. } = open_ai(&config, vec![gemini].into()).await;
+    let adapters = Adapters {
+        chat: vec![Arc::new(Gemini::new(reqwest::Client::new(), gemini_keys()))],
+        ..Adapters::default()
+    };
+    let Gateway { ai, dir: _dir, .. } = open_ai(&config, adapters).await;
     let err = ai
         .complete(&caller(), &ask("gemini-2.5-flash-lite", "x"))
         .await

@@ -19,7 +19,7 @@ use switchyard_ai::domain::error::AiError;
 use switchyard_ai::domain::model::*;
 use switchyard_ai::providers::echo::Echo;
 use switchyard_ai::providers::{
-    ChatProvider, Deployment, EventStream, ProviderError, ProviderResponse,
+    Adapters, ChatProvider, Deployment, EventStream, ProviderError, ProviderResponse,
 };
 use switchyard_ai::usage::UsageFilter;
 use tokio_util::sync::CancellationToken;
@@ -122,7 +122,14 @@ async fn fixture_with(failures: Vec<ProviderError>, tweak: impl FnOnce(&mut AiCo
         writer,
         shutdown,
         dir,
-    } = open_ai(&config, providers.into()).await;
+    } = open_ai(
+        &config,
+        Adapters {
+            chat: providers,
+            ..Adapters::default()
+        },
+    )
+    .await;
     Fixture {
         ai,
         db,

@@ -20,7 +20,7 @@ use super::keys::KeySource;
 use super::sse;
 use super::{
     ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, ProviderError,
-    ProviderEvent, ProviderResponse, TokenCounter, decode,
+    ProviderEvent, ProviderResponse, TokenCounter, decode, transport_error,
 };
 use crate::domain::model::*;
 use crate::domain::tokens;
@@ -47,15 +47,8 @@ impl Gemini {
         method: &str,
         body: &Value,
     ) -> Result<reqwest::Response, ProviderError> {
-        let credential = deployment.credential.as_deref().ok_or_else(|| {
-            ProviderError::Other(format!("deployment {} has no credential", deployment.name))
-        })?;
-        let key = self.keys.key(credential).await?;
-        let base = if deployment.base_url.is_empty() {
-            DEFAULT_BASE_URL
-        } else {
-            deployment.base_url.trim_end_matches('/')
-        };
+        let key = deployment.api_key(self.keys.as_ref()).await?;
+        let base = deployment.base_url_or(DEFAULT_BASE_URL);
         let response = self
             .http
             .post(format!(
@@ -68,13 +61,7 @@ impl Gemini {
             .json(body)
             .send()
             .await
-            .map_err(|err| {
-                if err.is_timeout() {
-                    ProviderError::Timeout
-                } else {
-                    ProviderError::Unavailable(err.without_url().to_string())
-                }
-            })?;
+            .map_err(transport_error)?;
         if response.status().is_success() {
             return Ok(response);
         }

@@ -43,6 +43,37 @@ pub struct Deployment {
     pub weight: u32,
 }
 
+impl Deployment {
+    /// Its base URL without a trailing slash, or the provider's public endpoint when unset.
+    pub fn base_url_or<'a>(&'a self, public: &'a str) -> &'a str {
+        if self.base_url.is_empty() {
+            public
+        } else {
+            self.base_url.trim_end_matches('/')
+        }
+    }
+
+    /// Its API key, from the credential it names.
+    pub async fn api_key(
+        &self,
+        keys: &dyn keys::KeySource,
+    ) -> Result<secrecy::SecretString, ProviderError> {
+        let credential = self.credential.as_deref().ok_or_else(|| {
+            ProviderError::Other(format!("deployment {} has no credential", self.name))
+        })?;
+        keys.key(credential).await
+    }
+}
+
+/// A failure to reach a provider: a timeout, or an outage worth trying elsewhere.
+pub(crate) fn transport_error(err: reqwest::Error) -> ProviderError {
+    if err.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        ProviderError::Unavailable(err.without_url().to_string())
+    }
+}
+
 /// What a provider answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderResponse {
@@ -289,13 +320,4 @@ pub struct Adapters {
     pub transcription: Vec<std::sync::Arc<dyn TranscriptionProvider>>,
     /// Token counting.
     pub token_counters: Vec<std::sync::Arc<dyn TokenCounter>>,
-}
-
-impl From<Vec<std::sync::Arc<dyn ChatProvider>>> for Adapters {
-    fn from(chat: Vec<std::sync::Arc<dyn ChatProvider>>) -> Self {
-        Adapters {
-            chat,
-            ..Adapters::default()
-        }
-    }
 }

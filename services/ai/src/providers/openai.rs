@@ -18,7 +18,7 @@ use super::sse;
 use super::{
     ChatProvider, Deployment, EmbeddingProvider, Embeddings, EventStream, GeneratedImages,
     ImageProvider, ProviderError, ProviderEvent, ProviderResponse, Transcribed,
-    TranscriptionProvider, decode,
+    TranscriptionProvider, decode, transport_error,
 };
 use crate::domain::model::*;
 
@@ -46,15 +46,8 @@ impl OpenAi {
         path: &str,
         body: Body<'_>,
     ) -> Result<reqwest::Response, ProviderError> {
-        let credential = deployment.credential.as_deref().ok_or_else(|| {
-            ProviderError::Other(format!("deployment {} has no credential", deployment.name))
-        })?;
-        let key = self.keys.key(credential).await?;
-        let base = if deployment.base_url.is_empty() {
-            DEFAULT_BASE_URL
-        } else {
-            deployment.base_url.trim_end_matches('/')
-        };
+        let key = deployment.api_key(self.keys.as_ref()).await?;
+        let base = deployment.base_url_or(DEFAULT_BASE_URL);
         let mut request = self
             .http
             .post(format!("{base}/{path}"))
@@ -94,14 +87,6 @@ impl OpenAi {
 enum Body<'a> {
     Json(&'a Value),
     Form(reqwest::multipart::Form),
-}
-
-fn transport_error(err: reqwest::Error) -> ProviderError {
-    if err.is_timeout() {
-        ProviderError::Timeout
-    } else {
-        ProviderError::Unavailable(err.without_url().to_string())
-    }
 }
 
 /// OpenAI's rate-limit headers, as gauges per deployment.
