@@ -1,4 +1,5 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -51,6 +52,9 @@ pub enum AuthError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Required, and checked, by jsonwebtoken's validation; optional here so that a null `exp`
+    /// is reported as the claim it is rather than as a malformed token.
+    exp: Option<f64>,
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -64,6 +68,62 @@ pub struct Verifier {
     tenant_claim: String,
     hs256: Option<HsKey>,
     jwks: Option<JwksCache>,
+    verified: VerifiedTokens,
+}
+
+/// Tokens that passed full verification, so that a client reusing its token (every SDK does) is
+/// not decoded and checked again on every call. An entry lives until the token expires, and never
+/// longer than [`VERIFIED_TOKEN_TTL`], so a key withdrawn from the JWKS stops working within that
+/// time. Only verified tokens enter it, so a caller cannot fill it with garbage.
+#[derive(Debug, Default)]
+struct VerifiedTokens {
+    entries: RwLock<HashMap<Box<str>, Verified>>,
+}
+
+#[derive(Debug)]
+struct Verified {
+    principal: Principal,
+    /// Unix seconds after which the token is verified again from scratch.
+    until: u64,
+}
+
+/// The longest a verified token is trusted without verifying it again.
+const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Bound on the cache: past it, expired entries are swept, and if that is not enough, all go.
+const VERIFIED_TOKEN_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: u64) -> Option<Principal> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        entries
+            .get(token)
+            .filter(|verified| now < verified.until)
+            .map(|verified| verified.principal.clone())
+    }
+
+    fn insert(&self, token: &str, principal: Principal, until: u64, now: u64) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if entries.len() >= VERIFIED_TOKEN_CAPACITY {
+            entries.retain(|_, verified| now < verified.until);
+            if entries.len() >= VERIFIED_TOKEN_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), Verified { principal, until });
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 struct HsKey(DecodingKey);
@@ -103,11 +163,24 @@ impl Verifier {
                 .as_ref()
                 .map(|secret| HsKey(DecodingKey::from_secret(secret.expose_secret().as_bytes()))),
             jwks,
+            verified: VerifiedTokens::default(),
         })
     }
 
     /// Verifies `token` and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = unix_now();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let (principal, expires) = self.verify_afresh(token).await?;
+        let until = (expires + self.leeway.as_secs()).min(now + VERIFIED_TOKEN_TTL.as_secs());
+        self.verified.insert(token, principal.clone(), until, now);
+        Ok(principal)
+    }
+
+    /// Full verification, and the token's `exp`.
+    async fn verify_afresh(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let algorithm_name = format!("{:?}", header.alg);
         let key = match header.alg {
@@ -159,7 +232,11 @@ impl Verifier {
                     _ => AuthError::Malformed,
                 }
             })?;
-        self.principal(data.claims)
+        let expires = data
+            .claims
+            .exp
+            .ok_or_else(|| AuthError::Claim("exp".into()))? as u64;
+        Ok((self.principal(data.claims)?, expires))
     }
 
     fn principal(&self, claims: Claims) -> Result<Principal, AuthError> {
@@ -251,10 +328,7 @@ struct MintedClaims<'a> {
 
 /// Signs an HS256 token with `secret`.
 pub fn mint(secret: &[u8], request: &TokenRequest) -> Result<String, jsonwebtoken::errors::Error> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let mut tenant = serde_json::Map::new();
     tenant.insert(
         request.tenant_claim.clone(),
@@ -290,5 +364,49 @@ mod tests {
         assert!(!is_valid_tenant("acme/other"));
         assert!(!is_valid_tenant("a b"));
         assert!(!is_valid_tenant(&"a".repeat(65)));
+    }
+
+    fn principal(subject: &str) -> Principal {
+        Principal {
+            subject: subject.into(),
+            tenant: "acme".into(),
+            scopes: BTreeSet::from(["ai.chat".to_owned()]),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_trusted_only_until_its_deadline() {
+        let cache = VerifiedTokens::default();
+        cache.insert("token", principal("alice"), 1_000, 900);
+        assert_eq!(cache.get("token", 999), Some(principal("alice")));
+        assert_eq!(cache.get("token", 1_000), None);
+        assert_eq!(cache.get("other", 900), None);
+    }
+
+    #[test]
+    fn a_full_cache_sweeps_expired_entries_then_everything() {
+        let cache = VerifiedTokens::default();
+        for n in 0..VERIFIED_TOKEN_CAPACITY {
+            let until = if n % 2 == 0 { 100 } else { 1_000 };
+            cache.insert(&format!("t{n}"), principal("p"), until, 50);
+        }
+        cache.insert("fresh", principal("p"), 1_000, 500);
+        let len = cache.entries.read().unwrap().len();
+        assert_eq!(
+            len,
+            VERIFIED_TOKEN_CAPACITY / 2 + 1,
+            "expired entries swept"
+        );
+        assert!(cache.get("t1", 500).is_some());
+
+        for n in 0..VERIFIED_TOKEN_CAPACITY {
+            cache.insert(&format!("u{n}"), principal("p"), 1_000, 500);
+        }
+        assert!(cache.entries.read().unwrap().len() <= VERIFIED_TOKEN_CAPACITY);
+        assert!(
+            cache
+                .get(&format!("u{}", VERIFIED_TOKEN_CAPACITY - 1), 500)
+                .is_some()
+        );
     }
 }
