@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;

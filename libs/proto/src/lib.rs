@@ -29,3 +29,11 @@ pub mod credentials {
         tonic::include_proto!("switchyard.credentials.v1");
     }
 }
+
+/// `switchyard.events.v1`: webhook ingress and the event log.
+pub mod events {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.events.v1");
+    }
+}

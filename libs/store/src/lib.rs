@@ -18,7 +18,7 @@ mod value;
 pub use db::{DEFAULT_POOL_SIZE, Db, Dialect, Tx};
 pub use error::StoreError;
 pub use migrate::Migration;
-pub use value::{FromValue, Row, Value};
+pub use value::{FromValue, Params, Row, Value};
 
 /// Current time as microseconds since the Unix epoch, the representation of every timestamp column.
 pub fn now_micros() -> i64 {

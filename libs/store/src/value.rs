@@ -1,5 +1,18 @@
 use crate::StoreError;
 
+/// Builds a statement's parameter list and hands out their `$n` placeholders, for statements
+/// whose filters decide how many parameters there are.
+#[derive(Debug, Default)]
+pub struct Params(pub Vec<Value>);
+
+impl Params {
+    /// Adds `value` and returns its placeholder.
+    pub fn bind(&mut self, value: impl Into<Value>) -> String {
+        self.0.push(value.into());
+        format!("${}", self.0.len())
+    }
+}
+
 /// A value bound to a statement or read from a row: the types both backends share.
 ///
 /// Timestamps are `Int` microseconds since the Unix epoch; booleans are stored as `BOOLEAN` on

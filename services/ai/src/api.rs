@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use switchyard_auth::{ScopeTable, principal};
+use switchyard_kit::convert::{duration, timestamp};
 use switchyard_kit::error::code_from_name;
 use switchyard_kit::{ApiError, FieldViolation};
 use switchyard_proto::ai::v1 as pb;
@@ -115,20 +116,6 @@ pub fn usd(micros: i64) -> Money {
     Money {
         currency_code: "USD".into(),
         amount_micros: micros,
-    }
-}
-
-fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
     }
 }
 
@@ -588,10 +575,8 @@ fn usage_record_to_proto(record: UsageRecord) -> pb::UsageRecord {
 }
 
 fn micros_of(field: &str, ts: &prost_types::Timestamp) -> Result<i64, Status> {
-    if ts.seconds.checked_mul(1_000_000).is_none() || !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(status(AiError::invalid(field, "not a valid timestamp")));
-    }
-    Ok(ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000))
+    switchyard_kit::convert::checked_micros(field, ts)
+        .map_err(|violation| status(AiError::Invalid(vec![violation])))
 }
 
 // --- the service ---------------------------------------------------------------------------------

@@ -118,25 +118,13 @@ fn caller_of<T>(request: &Request<T>) -> Result<(Caller, Principal), Status> {
 
 // --- conversions --------------------------------------------------------------------------------
 
-/// Microseconds to a protobuf timestamp.
-pub fn timestamp(micros: Micros) -> Timestamp {
-    Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-// RFC 3339 years 0001-9999, the range of google.protobuf.Timestamp.
-const MIN_SECONDS: i64 = -62_135_596_800;
-const MAX_SECONDS: i64 = 253_402_300_799;
+pub use switchyard_kit::convert::timestamp;
 
 fn micros_of(field: &str, ts: &Timestamp, violations: &mut Vec<FieldViolation>) -> Micros {
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos)
-    {
-        violations.push(FieldViolation::new(field, "not a valid timestamp"));
-        return 0;
-    }
-    ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000)
+    switchyard_kit::convert::checked_micros(field, ts).unwrap_or_else(|violation| {
+        violations.push(violation);
+        0
+    })
 }
 
 fn kind_of(value: i32) -> Result<Option<Kind>, FieldViolation> {

@@ -2,7 +2,7 @@
 //! backends of [`switchyard_store`]. Functions take a transaction so callers decide what is
 //! atomic.
 
-use switchyard_store::{Migration, Row, StoreError, Tx, Value};
+use switchyard_store::{Migration, Params, Row, StoreError, Tx, Value};
 
 use crate::domain::error::{CredentialError, Result};
 use crate::domain::model::{
@@ -228,17 +228,6 @@ fn generatable_kinds() -> String {
         .map(|kind| format!("'{}'", kind.as_str()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Builds a statement's parameter list and hands out their `$n` placeholders.
-#[derive(Default)]
-struct Params(Vec<Value>);
-
-impl Params {
-    fn bind(&mut self, value: impl Into<Value>) -> String {
-        self.0.push(value.into());
-        format!("${}", self.0.len())
-    }
 }
 
 /// One page of a tenant's credentials, by id, after `after`.

@@ -19,6 +19,8 @@ use serde::Deserialize;
 use switchyard_ai::{AiApi, AiConfig};
 use switchyard_auth::{AuthConfig, Authorizer, ScopeTable, Verifier};
 use switchyard_credentials::{CredentialApi, CredentialsConfig};
+use switchyard_credentials_client::{CredentialReader, ServiceToken};
+use switchyard_gateway::{EventApi, GatewayConfig};
 use switchyard_kit::config::{ConfigError, ServerConfig};
 use switchyard_kit::grpc::{Host, ReadinessCheck};
 use switchyard_kit::telemetry::LogConfig;
@@ -51,6 +53,8 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     /// `[ai]`.
     pub ai: AiConfig,
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             credentials: CredentialsConfig::default(),
             ai: AiConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -108,6 +113,7 @@ impl Config {
             "secrets",
             "credentials",
             "ai",
+            "gateway",
         ];
         let loaded = switchyard_kit::config::load(file, TOP_LEVEL_KEYS)?;
         Ok((loaded.config, loaded.ignored_variables))
@@ -119,6 +125,7 @@ impl Config {
         self.auth.validate()?;
         self.credentials.validate()?;
         self.ai.validate()?;
+        self.gateway.validate()?;
         // Background passes hold one connection for their lock while their work takes another.
         if self.database.pool_size < 2 {
             return Err(ConfigError::invalid(
@@ -137,17 +144,24 @@ pub enum ServiceName {
     Credentials,
     /// `switchyard.ai.v1`.
     Ai,
+    /// `switchyard.events.v1` and the webhook receiver.
+    Gateway,
 }
 
 impl ServiceName {
     /// Every service, as `up` runs them.
-    pub const ALL: &[ServiceName] = &[ServiceName::Credentials, ServiceName::Ai];
+    pub const ALL: &[ServiceName] = &[
+        ServiceName::Credentials,
+        ServiceName::Ai,
+        ServiceName::Gateway,
+    ];
 
     /// The name used on the command line and as the database schema.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceName::Credentials => "credentials",
             ServiceName::Ai => "ai",
+            ServiceName::Gateway => "gateway",
         }
     }
 
@@ -156,6 +170,7 @@ impl ServiceName {
         match self {
             ServiceName::Credentials => switchyard_credentials::SCOPES,
             ServiceName::Ai => switchyard_ai::SCOPES,
+            ServiceName::Gateway => switchyard_gateway::SCOPES,
         }
     }
 }
@@ -229,6 +244,16 @@ pub async fn migrate(config: &Config, services: &BTreeSet<ServiceName>) -> anyho
                     .await?;
                 tracing::info!(service = %service, applied, "migrations done");
             }
+            ServiceName::Gateway => {
+                let db = open_db(config, service.as_str()).await?;
+                let applied = db
+                    .migrate(
+                        switchyard_gateway::COMPONENT,
+                        switchyard_gateway::store::MIGRATIONS,
+                    )
+                    .await?;
+                tracing::info!(service = %service, applied, "migrations done");
+            }
         }
     }
     if matches!(config.secrets, SecretsConfig::Embedded(_)) {
@@ -293,14 +318,17 @@ impl ReadinessCheck for SecretsReady {
     }
 }
 
-/// Where the AI service gets its providers' keys: the credentials service (this process unless
-/// `ai.credentials_url` says otherwise), as `service:ai` of `ai.credentials_tenant`.
-fn ai_keys(
+/// A reader of the credentials service (this process unless `url` says otherwise) as `subject`,
+/// presenting `token`, or else tokens minted per tenant with `auth.hs256_secret`; `None` when
+/// there is neither.
+fn credential_reader(
     config: &Config,
     own_grpc: SocketAddr,
-) -> anyhow::Result<Arc<dyn switchyard_ai::providers::keys::KeySource>> {
-    use switchyard_ai::providers::keys::{CredentialServiceKeys, ServiceToken};
-    let url = match &config.ai.credentials_url {
+    url: Option<&String>,
+    token: Option<&SecretString>,
+    subject: &str,
+) -> anyhow::Result<Option<CredentialReader>> {
+    let url = match url {
         Some(url) => url.clone(),
         None => {
             let host = if own_grpc.ip().is_unspecified() {
@@ -311,40 +339,87 @@ fn ai_keys(
             format!("http://{}", SocketAddr::new(host, own_grpc.port()))
         }
     };
-    let token = match (&config.ai.credentials_token, &config.auth.hs256_secret) {
+    let token = match (token, &config.auth.hs256_secret) {
         (Some(token), _) => ServiceToken::Static(token.clone()),
         (None, Some(secret)) => ServiceToken::Minted {
             secret: secret.clone(),
             request: switchyard_auth::TokenRequest {
                 issuer: config.auth.issuer.clone(),
                 audience: config.auth.audience.clone(),
-                subject: "service:ai".to_owned(),
-                tenant: config.ai.credentials_tenant.clone(),
+                subject: subject.to_owned(),
+                tenant: String::new(),
                 tenant_claim: config.auth.tenant_claim.clone(),
                 scopes: vec![switchyard_credentials::scopes::ACCESS.to_owned()],
                 ttl: std::time::Duration::from_secs(3600),
             },
         },
-        (None, None) => {
-            if config
-                .ai
-                .deployments
-                .values()
-                .any(|d| d.credential.is_some())
-            {
-                bail!(
-                    "ai: set ai.credentials_token: there is no auth.hs256_secret to mint one with"
-                );
-            }
-            return Ok(Arc::new(
-                switchyard_ai::providers::keys::StaticKeys::default(),
-            ));
-        }
+        (None, None) => return Ok(None),
     };
     let channel = tonic::transport::Channel::from_shared(url.clone())
-        .with_context(|| format!("ai.credentials_url {url:?} is not a URL"))?
+        .with_context(|| format!("credentials URL {url:?} is not a URL"))?
         .connect_lazy();
-    Ok(Arc::new(CredentialServiceKeys::new(channel, token)))
+    Ok(Some(CredentialReader::new(channel, token)))
+}
+
+/// Where the AI service gets its providers' keys: the credentials service (this process unless
+/// `ai.credentials_url` says otherwise), as `service:ai` of `ai.credentials_tenant`.
+fn ai_keys(
+    config: &Config,
+    own_grpc: SocketAddr,
+) -> anyhow::Result<Arc<dyn switchyard_ai::providers::keys::KeySource>> {
+    use switchyard_ai::providers::keys::{CredentialServiceKeys, StaticKeys};
+    let reader = credential_reader(
+        config,
+        own_grpc,
+        config.ai.credentials_url.as_ref(),
+        config.ai.credentials_token.as_ref(),
+        "service:ai",
+    )?;
+    match reader {
+        Some(reader) => Ok(Arc::new(CredentialServiceKeys::new(
+            reader,
+            config.ai.credentials_tenant.clone(),
+        ))),
+        None if config
+            .ai
+            .deployments
+            .values()
+            .any(|d| d.credential.is_some()) =>
+        {
+            bail!("ai: set ai.credentials_token: there is no auth.hs256_secret to mint one with")
+        }
+        None => Ok(Arc::new(StaticKeys::default())),
+    }
+}
+
+/// What the gateway reaches outside: endpoint keys in the credentials service (as
+/// `service:gateway` of each endpoint's tenant), SNS certificates and confirmations over HTTPS.
+fn gateway_outside(
+    config: &Config,
+    own_grpc: SocketAddr,
+) -> anyhow::Result<switchyard_gateway::Outside> {
+    let reader = credential_reader(
+        config,
+        own_grpc,
+        config.gateway.credentials_url.as_ref(),
+        config.gateway.credentials_token.as_ref(),
+        "service:gateway",
+    )?
+    .context(
+        "gateway: set gateway.credentials_token: there is no auth.hs256_secret to mint one with",
+    )?;
+    switchyard_kit::tls::install_crypto_provider();
+    // AWS serves certificates and confirmations directly; a redirect would lead elsewhere.
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the gateway's HTTP client")?;
+    Ok(switchyard_gateway::Outside {
+        keys: Arc::new(reader),
+        certificates: Arc::new(switchyard_webhooks::HttpsCertificates::new(http.clone())),
+        confirmer: Arc::new(switchyard_gateway::domain::HttpsConfirmer(http)),
+    })
 }
 
 /// Serves `services` on the given listeners until `shutdown` is cancelled, then drains.
@@ -398,8 +473,11 @@ pub async fn run(
                 let db = open_db(&config, service.as_str()).await?;
                 let keys = ai_keys(&config, grpc.local_addr()?)?;
                 switchyard_kit::tls::install_crypto_provider();
+                // A provider answers; it never redirects. Following a redirect would send the
+                // request, and its API key, somewhere the deployment does not name.
                 let http = reqwest::Client::builder()
                     .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .context("building the providers' HTTP client")?;
                 let opened =
@@ -412,6 +490,24 @@ pub async fn run(
                 host.merge_http(switchyard_ai::openai::router(opened.ai, authorizer.clone()));
                 host.add_readiness_check("ai.database", Arc::new(DbReady(db)));
                 jobs.push(opened.usage_writer);
+            }
+            ServiceName::Gateway => {
+                let db = open_db(&config, service.as_str()).await?;
+                let gateway = switchyard_gateway::open(
+                    db.clone(),
+                    &config.gateway,
+                    gateway_outside(&config, grpc.local_addr()?)?,
+                )
+                .await
+                .context("migrating the gateway database")?;
+                host.add_service(
+                    EventApi::new(gateway.clone()).into_server(config.server.max_message_bytes),
+                );
+                host.merge_http(switchyard_gateway::http::router(
+                    gateway,
+                    config.gateway.max_body_bytes,
+                ));
+                host.add_readiness_check("gateway.database", Arc::new(DbReady(db)));
             }
         }
     }

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
-use switchyard_proto::credentials::v1::AccessCredentialRequest;
-use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
+use secrecy::SecretString;
+use switchyard_credentials_client::CredentialReader;
 use tokio::sync::Mutex;
 
 use super::ProviderError;
@@ -84,90 +83,30 @@ impl<S: KeySource> KeySource for CachedKeys<S> {
     }
 }
 
-/// How the AI service proves itself to the credentials service.
-#[derive(Debug, Clone)]
-pub enum ServiceToken {
-    /// A token given in configuration.
-    Static(SecretString),
-    /// Tokens minted with the installation's HS256 key, renewed before they expire.
-    Minted {
-        /// The HS256 key.
-        secret: SecretString,
-        /// What the tokens say.
-        request: switchyard_auth::TokenRequest,
-    },
-}
-
-/// Keys read from the credentials service with `AccessCredential` (audited there, and subject
-/// to each credential's access policy), as the principal of a [`ServiceToken`].
+/// Keys read from the credentials service (see [`CredentialReader`]) in one tenant: the one
+/// whose credentials hold the providers' keys.
 #[derive(Debug)]
 pub struct CredentialServiceKeys {
-    client: CredentialServiceClient<tonic::transport::Channel>,
-    token: ServiceToken,
-    minted: Mutex<Option<(SecretString, Instant)>>,
+    reader: CredentialReader,
+    tenant: String,
 }
 
 impl CredentialServiceKeys {
-    /// Keys from the credentials service on `channel`.
-    pub fn new(channel: tonic::transport::Channel, token: ServiceToken) -> Self {
-        CredentialServiceKeys {
-            client: CredentialServiceClient::new(channel),
-            token,
-            minted: Mutex::new(None),
-        }
-    }
-
-    async fn bearer(&self) -> Result<SecretString, ProviderError> {
-        match &self.token {
-            ServiceToken::Static(token) => Ok(token.clone()),
-            ServiceToken::Minted { secret, request } => {
-                let mut minted = self.minted.lock().await;
-                // Renewed at half its lifetime, so a token in use never expires mid-call.
-                if let Some((token, at)) = minted.as_ref()
-                    && at.elapsed() < request.ttl / 2
-                {
-                    return Ok(token.clone());
-                }
-                let token = switchyard_auth::mint(secret.expose_secret().as_bytes(), request)
-                    .map_err(|err| {
-                        ProviderError::Other(format!("minting the service token: {err}"))
-                    })?;
-                let token = SecretString::from(token);
-                *minted = Some((token.clone(), Instant::now()));
-                Ok(token)
-            }
-        }
+    /// Keys of `tenant`, read with `reader`.
+    pub fn new(reader: CredentialReader, tenant: String) -> Self {
+        CredentialServiceKeys { reader, tenant }
     }
 }
 
 #[async_trait]
 impl KeySource for CredentialServiceKeys {
     async fn key(&self, credential: &str) -> Result<SecretString, ProviderError> {
-        let bearer = self.bearer().await?;
-        let mut request = tonic::Request::new(AccessCredentialRequest {
-            name: credential.to_owned(),
-        });
-        let value = format!("Bearer {}", bearer.expose_secret())
-            .parse()
-            .map_err(|_| ProviderError::Other("the service token is not a header value".into()))?;
-        request.metadata_mut().insert("authorization", value);
-        let response = self
-            .client
-            .clone()
-            .access_credential(request)
+        // The key is Switchyard's own: a missing or refused one is the operator's to fix.
+        let material = self
+            .reader
+            .read(&self.tenant, credential)
             .await
-            .map_err(|status| {
-                // The key is Switchyard's own: a missing or refused one is the operator's to fix.
-                ProviderError::Other(format!(
-                    "reading {credential} from the credentials service: {}",
-                    status.message()
-                ))
-            })?;
-        let material = response
-            .into_inner()
-            .payload
-            .map(|p| p.data)
-            .unwrap_or_default();
+            .map_err(|err| ProviderError::Other(err.to_string()))?;
         let key = String::from_utf8(material)
             .map_err(|_| ProviderError::Other(format!("{credential} is not text")))?;
         Ok(SecretString::from(key.trim().to_owned()))

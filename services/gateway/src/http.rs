@@ -1,0 +1,83 @@
+//! `POST /hooks/{source}/{endpoint}`: the webhook receiver on the HTTP edge. It needs no
+//! Switchyard token: the sender proves itself with its signature, checked by the domain.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use switchyard_webhooks::{Answer, Inbound};
+
+use crate::domain::{Gateway, ReceiveError};
+
+/// The receiver's routes, accepting bodies up to `max_body_bytes` (413 beyond).
+pub fn router(gateway: Gateway, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/hooks/{source}/{endpoint}", post(receive))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(gateway)
+}
+
+async fn receive(
+    State(gateway): State<Gateway>,
+    Path((source, endpoint)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let inbound = Inbound {
+        headers: &headers,
+        query: query.as_deref(),
+        body: &body,
+    };
+    let outcome = gateway.receive(&source, &endpoint, inbound).await;
+    let label = match &outcome {
+        Ok(receipt) if receipt.duplicate => "duplicate",
+        Ok(_) => "accepted",
+        Err(ReceiveError::UnknownEndpoint) => "unknown_endpoint",
+        Err(ReceiveError::Refused(_)) => "refused",
+        Err(_) => "failed",
+    };
+    // The source label is bounded: an unknown source is counted as such, not by its name.
+    let source_label =
+        switchyard_webhooks::Source::parse(&source).map_or("unknown", |s| s.as_str());
+    metrics::counter!("switchyard_webhooks_received_total", "source" => source_label, "outcome" => label)
+        .increment(1);
+    match outcome {
+        Ok(receipt) => {
+            let mut response = match receipt.answer {
+                Answer::Accepted => (StatusCode::OK, axum::Json(json!({}))).into_response(),
+                Answer::NoContent => StatusCode::NO_CONTENT.into_response(),
+                Answer::Json(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+            };
+            if let Ok(value) = receipt.event_id.parse() {
+                response.headers_mut().insert("switchyard-event-id", value);
+            }
+            response
+        }
+        Err(err) => refusal(&source, &endpoint, err),
+    }
+}
+
+fn refusal(source: &str, endpoint: &str, err: ReceiveError) -> Response {
+    let (status, message) = match &err {
+        ReceiveError::UnknownEndpoint => (StatusCode::NOT_FOUND, err.to_string()),
+        ReceiveError::Refused(_) => {
+            tracing::info!(source, endpoint, reason = %err, "webhook refused");
+            (StatusCode::UNAUTHORIZED, err.to_string())
+        }
+        ReceiveError::VerificationUnavailable => (StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        ReceiveError::Store(cause) => {
+            tracing::error!(source, endpoint, error = %cause, "storing a webhook failed");
+            (StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+        }
+        ReceiveError::Confirmation => (StatusCode::BAD_GATEWAY, err.to_string()),
+    };
+    (
+        status,
+        axum::Json(json!({ "error": { "message": message } })),
+    )
+        .into_response()
+}

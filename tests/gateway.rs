@@ -1,0 +1,375 @@
+//! The webhook receiver end to end: endpoints made over gRPC with their key in the credentials
+//! service, webhooks posted to the HTTP edge, events listed back; durable across a restart.
+
+use hmac::{Hmac, Mac};
+use switchyard_e2e::{Backend, TestServer, config, token};
+use switchyard_proto::credentials::v1 as cred;
+use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
+use switchyard_proto::events::v1 as pb;
+use switchyard_proto::events::v1::event_service_client::EventServiceClient;
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Stores `secret` as `credentials/{id}` of `tenant` and makes a `source` endpoint using it.
+async fn endpoint(
+    server: &TestServer,
+    tenant: &str,
+    id: &str,
+    secret: &str,
+    source: pb::Source,
+) -> pb::InboundEndpoint {
+    let admin = token(tenant, "admin", &["credentials.*", "events.*"]);
+    CredentialServiceClient::new(server.channel().await)
+        .create_credential(with_token(
+            cred::CreateCredentialRequest {
+                credential_id: id.into(),
+                credential: Some(cred::Credential {
+                    kind: cred::CredentialKind::Generic as i32,
+                    ..Default::default()
+                }),
+                payload: Some(cred::SecretPayload {
+                    data: secret.as_bytes().to_vec(),
+                }),
+                request_id: String::new(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("credential");
+    EventServiceClient::new(server.channel().await)
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest {
+                endpoint: Some(pb::InboundEndpoint {
+                    source: source as i32,
+                    credential: format!("credentials/{id}"),
+                    display_name: "repo hooks".into(),
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect("endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint")
+}
+
+async fn events(server: &TestServer, tenant: &str) -> Vec<pb::Event> {
+    let reader = token(tenant, "reader", &["events.read"]);
+    EventServiceClient::new(server.channel().await)
+        .list_events(with_token(pb::ListEventsRequest::default(), &reader))
+        .await
+        .expect("list")
+        .into_inner()
+        .events
+}
+
+async fn post_github(
+    server: &TestServer,
+    path: &str,
+    signature: &str,
+    delivery: &str,
+    body: &'static [u8],
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}{path}", server.http))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("post")
+}
+
+const PUSH: &[u8] = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/app"}}"#;
+
+async fn github_round_trip(backend: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(backend, dir.path())).await;
+    let endpoint = endpoint(&server, "acme", "gh-secret", "s3cret", pb::Source::Github).await;
+    assert!(endpoint.url_path.starts_with("/hooks/github/"));
+
+    let signature = github_signature("s3cret", PUSH);
+    let first = post_github(&server, &endpoint.url_path, &signature, "d-1", PUSH).await;
+    assert_eq!(first.status(), 200);
+    let event_id = first.headers()["switchyard-event-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    // A redelivery is acknowledged and stored once.
+    let again = post_github(&server, &endpoint.url_path, &signature, "d-1", PUSH).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["switchyard-event-id"], event_id.as_str());
+
+    // Refused: a tampered body, a wrong secret, an unknown endpoint; nothing stored.
+    let tampered = post_github(
+        &server,
+        &endpoint.url_path,
+        &signature,
+        "d-2",
+        br#"{"ref":"refs/heads/evil"}"#,
+    )
+    .await;
+    assert_eq!(tampered.status(), 401);
+    let wrong = github_signature("other", PUSH);
+    assert_eq!(
+        post_github(&server, &endpoint.url_path, &wrong, "d-3", PUSH)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post_github(&server, "/hooks/github/nope", &signature, "d-4", PUSH)
+            .await
+            .status(),
+        404
+    );
+    let slack_path = endpoint.url_path.replace("/github/", "/slack/");
+    assert_eq!(
+        post_github(&server, &slack_path, &signature, "d-5", PUSH)
+            .await
+            .status(),
+        404,
+        "an endpoint answers only for its own source"
+    );
+
+    let listed = events(&server, "acme").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let event = &listed[0];
+    assert_eq!(event.name, format!("events/{event_id}"));
+    assert_eq!(event.r#type, "push");
+    assert_eq!(event.subject, "acme/app");
+    assert_eq!(event.delivery_id, "d-1");
+    assert_eq!(event.tenant, "acme");
+    assert_eq!(event.headers["x-github-event"], "push");
+    assert!(event.raw_body.is_empty(), "lists carry no raw body");
+    assert!(
+        events(&server, "globex").await.is_empty(),
+        "tenants see their own events only"
+    );
+
+    // Committed before the 2xx: still there after a restart, raw body byte for byte.
+    let config = server.config.clone();
+    server.stop().await;
+    let server = TestServer::start(config).await;
+    let reader = token("acme", "reader", &["events.read"]);
+    let stored = EventServiceClient::new(server.channel().await)
+        .get_event(with_token(
+            pb::GetEventRequest {
+                name: format!("events/{event_id}"),
+            },
+            &reader,
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .event
+        .expect("event");
+    assert_eq!(stored.raw_body, PUSH);
+    let other = token("globex", "reader", &["events.read"]);
+    let hidden = EventServiceClient::new(server.channel().await)
+        .get_event(with_token(
+            pb::GetEventRequest {
+                name: format!("events/{event_id}"),
+            },
+            &other,
+        ))
+        .await
+        .expect_err("another tenant's event");
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn github_webhooks_are_verified_stored_once_and_survive_a_restart_sqlite() {
+    github_round_trip(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn github_webhooks_are_verified_stored_once_and_survive_a_restart_postgres() {
+    github_round_trip(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn slack_url_verification_is_answered_and_a_missing_key_is_an_outage_not_a_refusal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(Backend::Sqlite, dir.path())).await;
+    let endpoint = endpoint(
+        &server,
+        "acme",
+        "slack-secret",
+        "8f742231b10e",
+        pb::Source::Slack,
+    )
+    .await;
+    let body = r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        .to_string();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"8f742231b10e").expect("key");
+    mac.update(format!("v0:{now}:{body}").as_bytes());
+    let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{}", server.http, endpoint.url_path))
+        .header("content-type", "application/json")
+        .header("x-slack-request-timestamp", &now)
+        .header("x-slack-signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(
+        answer["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+
+    // An endpoint naming a credential its tenant does not have cannot verify: 503, so that the
+    // sender retries once the operator has fixed it, rather than a 401 that loses the event.
+    let admin = token("acme", "admin", &["events.*"]);
+    let broken = EventServiceClient::new(server.channel().await)
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest {
+                endpoint: Some(pb::InboundEndpoint {
+                    source: pb::Source::Github as i32,
+                    credential: "credentials/missing".into(),
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect("endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    let signature = github_signature("s3cret", PUSH);
+    assert_eq!(
+        post_github(&server, &broken.url_path, &signature, "d-1", PUSH)
+            .await
+            .status(),
+        503
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn endpoints_are_validated_listed_and_deleted_per_tenant() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(Backend::Sqlite, dir.path())).await;
+    let admin = token("acme", "admin", &["events.*"]);
+    let mut client = EventServiceClient::new(server.channel().await);
+    let refused = client
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest {
+                endpoint: Some(pb::InboundEndpoint {
+                    source: pb::Source::Sns as i32,
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("an SNS endpoint without a topic");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("sns_topic_arn"),
+        "{}",
+        refused.message()
+    );
+    let refused = client
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest {
+                endpoint: Some(pb::InboundEndpoint {
+                    source: pb::Source::Github as i32,
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect_err("a GitHub endpoint without a key");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let sns = client
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest {
+                endpoint: Some(pb::InboundEndpoint {
+                    source: pb::Source::Sns as i32,
+                    sns_topic_arn: "arn:aws:sns:us-west-2:123456789012:MyTopic".into(),
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .expect("sns endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    let listed = client
+        .list_inbound_endpoints(with_token(
+            pb::ListInboundEndpointsRequest::default(),
+            &admin,
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.endpoints, vec![sns.clone()]);
+    let other = token("globex", "admin", &["events.*"]);
+    let missing = client
+        .delete_inbound_endpoint(with_token(
+            pb::DeleteInboundEndpointRequest {
+                name: sns.name.clone(),
+            },
+            &other,
+        ))
+        .await
+        .expect_err("another tenant's endpoint");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    client
+        .delete_inbound_endpoint(with_token(
+            pb::DeleteInboundEndpointRequest {
+                name: sns.name.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .expect("delete");
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{}", server.http, sns.url_path))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 404, "a deleted endpoint's URL is gone");
+    let reader_only = token("acme", "reader", &["events.read"]);
+    let denied = client
+        .create_inbound_endpoint(with_token(
+            pb::CreateInboundEndpointRequest::default(),
+            &reader_only,
+        ))
+        .await
+        .expect_err("events.write needed");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    server.stop().await;
+}
