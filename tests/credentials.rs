@@ -5,6 +5,7 @@
 // Shared test helpers unwrap too: a failure should stop the test where it happens.
 #![allow(clippy::unwrap_used)]
 
+use switchyard::ServiceName;
 use switchyard_e2e::{ALL_SCOPES, Backend, CredentialClient, TestServer, config, token};
 use switchyard_proto::credentials::v1 as pb;
 use tonic::Code;
@@ -542,7 +543,8 @@ async fn oversized_messages_are_refused(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(backend, dir.path());
     config.server.max_message_bytes = 4096;
-    let server = TestServer::start(config).await;
+    // The gateway needs messages larger than its largest webhook body.
+    let server = TestServer::start_services(config, &[ServiceName::Credentials]).await;
     let mut client = server
         .credentials(Some(token("acme", "alice", ALL_SCOPES)))
         .await;

@@ -58,6 +58,7 @@ async fn endpoint(
                     display_name: "repo hooks".into(),
                     ..Default::default()
                 }),
+                request_id: String::new(),
             },
             &admin,
         ))
@@ -254,6 +255,7 @@ async fn slack_url_verification_is_answered_and_a_missing_key_is_an_outage_not_a
                     credential: "credentials/missing".into(),
                     ..Default::default()
                 }),
+                request_id: String::new(),
             },
             &admin,
         ))
@@ -285,6 +287,7 @@ async fn endpoints_are_validated_listed_and_deleted_per_tenant() {
                     source: pb::Source::Sns as i32,
                     ..Default::default()
                 }),
+                request_id: String::new(),
             },
             &admin,
         ))
@@ -303,6 +306,7 @@ async fn endpoints_are_validated_listed_and_deleted_per_tenant() {
                     source: pb::Source::Github as i32,
                     ..Default::default()
                 }),
+                request_id: String::new(),
             },
             &admin,
         ))
@@ -310,22 +314,46 @@ async fn endpoints_are_validated_listed_and_deleted_per_tenant() {
         .expect_err("a GitHub endpoint without a key");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
-    let sns = client
+    let refused = client
         .create_inbound_endpoint(with_token(
             pb::CreateInboundEndpointRequest {
                 endpoint: Some(pb::InboundEndpoint {
-                    source: pb::Source::Sns as i32,
-                    sns_topic_arn: "arn:aws:sns:us-west-2:123456789012:MyTopic".into(),
+                    source: pb::Source::Gitlab as i32,
+                    credential: "credentials/x".into(),
+                    display_name: "nul\0byte".into(),
                     ..Default::default()
                 }),
+                request_id: String::new(),
             },
             &admin,
         ))
+        .await
+        .expect_err("a NUL in the display name");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let create_sns = pb::CreateInboundEndpointRequest {
+        endpoint: Some(pb::InboundEndpoint {
+            source: pb::Source::Sns as i32,
+            sns_topic_arn: "arn:aws:sns:us-west-2:123456789012:MyTopic".into(),
+            ..Default::default()
+        }),
+        request_id: "create-sns-1".into(),
+    };
+    let sns = client
+        .create_inbound_endpoint(with_token(create_sns.clone(), &admin))
         .await
         .expect("sns endpoint")
         .into_inner()
         .endpoint
         .expect("endpoint");
+    let retried = client
+        .create_inbound_endpoint(with_token(create_sns, &admin))
+        .await
+        .expect("a retry")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(retried, sns, "a retried create returns the first endpoint");
     let listed = client
         .list_inbound_endpoints(with_token(
             pb::ListInboundEndpointsRequest::default(),
@@ -372,4 +400,45 @@ async fn endpoints_are_validated_listed_and_deleted_per_tenant() {
         .expect_err("events.write needed");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_limit_are_refused_with_413() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = config(Backend::Sqlite, dir.path());
+    config.gateway.max_body_bytes = 1024;
+    let server = TestServer::start(config).await;
+    let endpoint = endpoint(&server, "acme", "gh-secret", "s3cret", pb::Source::Github).await;
+    let body: &'static [u8] = Box::leak(vec![b' '; 2048].into_boxed_slice());
+    let signature = github_signature("s3cret", body);
+    let response = post_github(&server, &endpoint.url_path, &signature, "big-1", body).await;
+    assert_eq!(response.status(), 413);
+    assert!(events(&server, "acme").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_will_not_start_with_messages_too_small_for_its_bodies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = config(Backend::Sqlite, dir.path());
+    config.server.max_message_bytes = 1024 * 1024;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused = switchyard::run(
+        config,
+        [switchyard::ServiceName::Gateway].into_iter().collect(),
+        grpc,
+        http,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("1 MiB bodies need 2 MiB messages");
+    assert!(
+        format!("{refused:#}").contains("gateway.max_body_bytes"),
+        "{refused:#}"
+    );
 }

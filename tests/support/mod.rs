@@ -60,8 +60,13 @@ pub fn config(backend: Backend, data_dir: &std::path::Path) -> Config {
 }
 
 impl TestServer {
-    /// Starts a server with `config` on fresh ports.
+    /// Starts a server of every service with `config` on fresh ports.
     pub async fn start(config: Config) -> TestServer {
+        TestServer::start_services(config, ServiceName::ALL).await
+    }
+
+    /// Starts a server of `services` with `config` on fresh ports.
+    pub async fn start_services(config: Config, services: &[ServiceName]) -> TestServer {
         switchyard_kit::tls::install_crypto_provider();
         let grpc = TcpListener::bind("127.0.0.1:0")
             .await
@@ -74,7 +79,7 @@ impl TestServer {
             http.local_addr().expect("HTTP address"),
         );
         let shutdown = CancellationToken::new();
-        let services: BTreeSet<ServiceName> = ServiceName::ALL.iter().copied().collect();
+        let services: BTreeSet<ServiceName> = services.iter().copied().collect();
         let task = tokio::spawn(switchyard::run(
             config.clone(),
             services,

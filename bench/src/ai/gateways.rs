@@ -16,7 +16,7 @@ use tonic::metadata::AsciiMetadataValue;
 
 use crate::load::{self, GrpcTarget, HttpTarget, Mode, Target};
 use crate::mock::{LISTENING, UPSTREAM_KEY};
-use crate::procs::Process;
+use crate::process::Process;
 
 /// The HS256 key of the Switchyard under test, so that the harness can mint its tokens.
 const SWITCHYARD_SECRET: &str = "ai-gateway-bench-hs256-secret-0123456789abcdef";

@@ -15,6 +15,8 @@ mod load;
 #[path = "../machine.rs"]
 mod machine;
 mod mock;
+#[path = "../process.rs"]
+mod process;
 mod procs;
 mod report;
 

@@ -18,6 +18,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod outbound;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

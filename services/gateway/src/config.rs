@@ -7,8 +7,10 @@ use switchyard_kit::config::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// The largest webhook body accepted; larger ones get 413 and are not stored. GitHub's
-    /// largest payloads are 25 MB; most senders stay far below.
+    /// The largest webhook body accepted; larger ones get 413 and are not stored. GetEvent
+    /// returns an event's body twice (raw and as JSON), so `server.max_message_bytes` must be at
+    /// least twice this plus 64 KiB. GitHub caps its payloads at 25 MB; most senders stay far
+    /// below a megabyte.
     pub max_body_bytes: usize,
     /// The credentials service holding endpoints' verification keys; unset: this process.
     pub credentials_url: Option<String>,
@@ -20,15 +22,54 @@ pub struct GatewayConfig {
     /// receiver within this time (list both keys, one per line, while rotating).
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
+    /// Destinations allowed beyond the public internet: CIDRs (`10.0.0.0/8`), addresses or host
+    /// names. Plain http is only allowed to these.
+    pub outbound_allow: Vec<String>,
+    /// `[gateway.delivery]`: the outbound delivery worker.
+    pub delivery: DeliveryConfig,
+}
+
+/// `[gateway.delivery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How often the worker looks for retries that came due (new deliveries wake it at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a claimed delivery is the claimer's: a replica that dies mid-attempt releases
+    /// it after this. Subscriptions' timeouts must be shorter.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Deliveries claimed at once.
+    pub batch: usize,
+    /// Attempts in flight at once, per replica.
+    pub concurrency: usize,
+    /// A subscription whose every attempt failed for this long is disabled (Svix: five days).
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(120),
+            batch: 64,
+            concurrency: 64,
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            max_body_bytes: 26 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
             credentials_url: None,
             credentials_token: None,
             key_cache_ttl: Duration::from_secs(30),
+            outbound_allow: Vec::new(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -40,6 +81,20 @@ impl GatewayConfig {
             return Err(ConfigError::invalid(
                 "gateway.max_body_bytes",
                 "must be greater than 0",
+            ));
+        }
+        switchyard_kit::outbound::Guard::new(&self.outbound_allow)
+            .map_err(|err| ConfigError::invalid("gateway.outbound_allow", err))?;
+        if self.delivery.lease < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "gateway.delivery.lease",
+                "must be at least 1 s",
+            ));
+        }
+        if self.delivery.batch == 0 || self.delivery.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.delivery.batch",
+                "batch and concurrency must be at least 1",
             ));
         }
         Ok(())

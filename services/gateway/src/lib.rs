@@ -18,8 +18,8 @@ use switchyard_store::{Db, StoreError};
 /// The component name of this service's migrations and its PostgreSQL schema.
 pub const COMPONENT: &str = "gateway";
 
-/// Migrates `db` and returns the domain.
+/// Migrates `db` and returns the domain; run [`domain::delivery::run`] beside it to deliver.
 pub async fn open(db: Db, config: &GatewayConfig, outside: Outside) -> Result<Gateway, StoreError> {
     db.migrate(COMPONENT, store::MIGRATIONS).await?;
-    Ok(Gateway::new(db, outside, config.key_cache_ttl))
+    Ok(Gateway::new(db, outside, config))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::HeaderMap;
 use secrecy::SecretString;
+use switchyard_gateway::domain::delivery::HttpsDelivery;
 use switchyard_gateway::domain::{
     EndpointKeys, EventFilter, Gateway, NewEndpoint, ReceiveError, SubscriptionConfirmer,
 };
@@ -89,6 +90,9 @@ async fn setup(key_cache_ttl: Duration) -> Setup {
             keys: keys.clone(),
             certificates: Arc::new(FixtureCertificates),
             confirmer: confirmer.clone(),
+            delivery: Arc::new(
+                HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
+            ),
         },
     )
     .await
@@ -122,6 +126,7 @@ async fn sns_subscription_confirmation_is_visited_and_retried_until_it_succeeds(
                 display_name: String::new(),
                 tolerance: None,
                 sns_topic_arn: "arn:aws:sns:us-west-2:123456789012:MyTopic".into(),
+                request_id: None,
             },
         )
         .await
@@ -174,6 +179,7 @@ async fn discord_ping_is_answered_pong_and_a_rotated_key_is_picked_up() {
                 display_name: "bot".into(),
                 tolerance: None,
                 sns_topic_arn: String::new(),
+                request_id: None,
             },
         )
         .await
@@ -228,4 +234,63 @@ async fn discord_ping_is_answered_pong_and_a_rotated_key_is_picked_up() {
         .await
         .expect("list");
     assert!(refused.items.is_empty());
+}
+
+#[tokio::test]
+async fn a_page_of_events_stays_within_the_byte_budget() {
+    let setup = setup(Duration::from_secs(30)).await;
+    let endpoint = setup
+        .gateway
+        .create_endpoint(
+            "acme",
+            NewEndpoint {
+                source: Some(Source::Jenkins),
+                credential: "credentials/jenkins".into(),
+                display_name: String::new(),
+                tolerance: None,
+                sns_topic_arn: String::new(),
+                request_id: None,
+            },
+        )
+        .await
+        .expect("endpoint");
+    setup
+        .keys
+        .0
+        .lock()
+        .expect("lock")
+        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", "Bearer tok".parse().expect("header"));
+    for n in 0..5 {
+        let body = format!(r#"{{"name":"job-{n}","log":"{}"}}"#, "x".repeat(400 * 1024));
+        headers.insert(
+            "x-request-id",
+            format!("build-{n}").parse().expect("header"),
+        );
+        setup
+            .gateway
+            .receive("jenkins", &endpoint.id, inbound(&headers, body.as_bytes()))
+            .await
+            .expect("received");
+    }
+    let mut seen = 0;
+    let mut pages = 0;
+    let mut token = String::new();
+    loop {
+        let page = setup
+            .gateway
+            .list_events("acme", &EventFilter::default(), 0, &token)
+            .await
+            .expect("list");
+        assert!(!page.items.is_empty());
+        assert!(page.items.len() <= 2, "at most 1 MiB of data a page");
+        seen += page.items.len();
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((seen, pages), (5, 3));
 }

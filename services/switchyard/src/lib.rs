@@ -415,10 +415,15 @@ fn gateway_outside(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the gateway's HTTP client")?;
+    let guard = switchyard_kit::outbound::Guard::new(&config.gateway.outbound_allow)
+        .map_err(|err| anyhow::anyhow!("gateway.outbound_allow: {err}"))?;
+    let delivery = switchyard_gateway::domain::delivery::HttpsDelivery::new(guard)
+        .context("building the webhook delivery client")?;
     Ok(switchyard_gateway::Outside {
         keys: Arc::new(reader),
         certificates: Arc::new(switchyard_webhooks::HttpsCertificates::new(http.clone())),
         confirmer: Arc::new(switchyard_gateway::domain::HttpsConfirmer(http)),
+        delivery: Arc::new(delivery),
     })
 }
 
@@ -492,6 +497,21 @@ pub async fn run(
                 jobs.push(opened.usage_writer);
             }
             ServiceName::Gateway => {
+                // GetEvent returns a body twice (raw and as JSON) in one message.
+                let needed = config
+                    .gateway
+                    .max_body_bytes
+                    .saturating_mul(2)
+                    .saturating_add(64 * 1024);
+                if config.server.max_message_bytes < needed {
+                    return Err(ConfigError::invalid(
+                        "gateway.max_body_bytes",
+                        format!(
+                            "GetEvent returns a body twice: server.max_message_bytes must be at least {needed} for it"
+                        ),
+                    )
+                    .into());
+                }
                 let db = open_db(&config, service.as_str()).await?;
                 let gateway = switchyard_gateway::open(
                     db.clone(),
@@ -504,10 +524,14 @@ pub async fn run(
                     EventApi::new(gateway.clone()).into_server(config.server.max_message_bytes),
                 );
                 host.merge_http(switchyard_gateway::http::router(
-                    gateway,
+                    gateway.clone(),
                     config.gateway.max_body_bytes,
                 ));
                 host.add_readiness_check("gateway.database", Arc::new(DbReady(db)));
+                jobs.push(tokio::spawn(switchyard_gateway::domain::delivery::run(
+                    gateway,
+                    background.clone(),
+                )));
             }
         }
     }

@@ -1,11 +1,13 @@
-//! The gateway's tables: inbound endpoints and the event log.
+//! The gateway's tables: inbound endpoints and the event log; [`delivery`] the outbound side.
+
+pub mod delivery;
 
 use std::time::Duration;
 
-use switchyard_store::{Db, Migration, Params, Row, StoreError, Value};
+use switchyard_store::{Db, Migration, Params, Row, StoreError, Tx, Value};
 use switchyard_webhooks::Source;
 
-use crate::domain::{Endpoint, Event, EventFilter};
+use crate::domain::{Endpoint, Event, EventFilter, EventSource};
 
 /// The gateway's schema.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -73,6 +75,22 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX events_by_tenant ON events (tenant, id);
     ",
+}, Migration {
+    version: 2,
+    name: "idempotent endpoint creation",
+    postgres: "
+        ALTER TABLE inbound_endpoints ADD COLUMN request_id TEXT;
+        CREATE UNIQUE INDEX inbound_endpoints_by_request_id ON inbound_endpoints (tenant, request_id);
+    ",
+    sqlite: "
+        ALTER TABLE inbound_endpoints ADD COLUMN request_id TEXT;
+        CREATE UNIQUE INDEX inbound_endpoints_by_request_id ON inbound_endpoints (tenant, request_id);
+    ",
+}, Migration {
+    version: 3,
+    name: "subscriptions, deliveries and attempts",
+    postgres: delivery::MIGRATION_POSTGRES,
+    sqlite: delivery::MIGRATION_SQLITE,
 }];
 
 fn optional(text: Option<&str>) -> Value {
@@ -104,12 +122,20 @@ fn endpoint_from(row: &Row) -> Result<Endpoint, StoreError> {
     })
 }
 
-pub(crate) async fn insert_endpoint(db: &Db, endpoint: &Endpoint) -> Result<(), StoreError> {
+/// Inserts `endpoint`; a unique violation means `request_id` was used by a concurrent call.
+pub(crate) async fn insert_endpoint(
+    db: &Db,
+    endpoint: &Endpoint,
+    request_id: Option<&str>,
+) -> Result<(), StoreError> {
     let tolerance = endpoint.tolerance.map_or(Value::Null, |t| {
         Value::Int(i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
     });
     db.execute(
-        &format!("INSERT INTO inbound_endpoints ({ENDPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+        &format!(
+            "INSERT INTO inbound_endpoints ({ENDPOINT_COLUMNS}, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ),
         &[
             endpoint.id.as_str().into(),
             endpoint.tenant.as_str().into(),
@@ -119,10 +145,29 @@ pub(crate) async fn insert_endpoint(db: &Db, endpoint: &Endpoint) -> Result<(), 
             tolerance,
             optional(endpoint.sns_topic_arn.as_deref()),
             endpoint.create_time.into(),
+            optional(request_id),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// The endpoint `request_id` created for `tenant`, deleted or not.
+pub(crate) async fn endpoint_by_request_id(
+    db: &Db,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<Endpoint>, StoreError> {
+    db.query_opt(
+        &format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM inbound_endpoints WHERE tenant = $1 AND request_id = $2"
+        ),
+        &[tenant.into(), request_id.into()],
+    )
+    .await?
+    .as_ref()
+    .map(endpoint_from)
+    .transpose()
 }
 
 /// A live endpoint by id, whatever its tenant: the receiver's lookup.
@@ -173,19 +218,18 @@ pub(crate) async fn delete_endpoint(db: &Db, tenant: &str, id: &str) -> Result<b
 
 /// What [`insert_event`] did.
 #[derive(Debug)]
-pub(crate) struct Stored {
+pub struct Stored {
     /// The event's id, or the first delivery's.
     pub event_id: String,
     /// Whether the delivery id had been stored before.
     pub duplicate: bool,
 }
 
-/// Commits `event` unless its endpoint already has its delivery id; either way the event is
-/// durably stored when this returns.
-pub(crate) async fn insert_event(db: &Db, event: &Event) -> Result<Stored, StoreError> {
+/// Inserts `event` unless its endpoint already has its delivery id.
+pub(crate) async fn insert_event(tx: &mut Tx, event: &Event) -> Result<Stored, StoreError> {
     // A list of string pairs always serializes.
     let headers = serde_json::to_string(&event.headers).unwrap_or_default();
-    let inserted = db
+    let inserted = tx
         .execute(
             "INSERT INTO events (id, tenant, endpoint, source, delivery_id, type, subject, time, \
              receive_time, data, headers, content_type, raw_body) \
@@ -214,7 +258,7 @@ pub(crate) async fn insert_event(db: &Db, event: &Event) -> Result<Stored, Store
             duplicate: false,
         });
     }
-    let first = db
+    let first = tx
         .query_opt(
             "SELECT id FROM events WHERE endpoint = $1 AND delivery_id = $2",
             &[
@@ -241,7 +285,7 @@ fn event_from(row: &Row, raw_body: Vec<u8>) -> Result<Event, StoreError> {
         id: row.get(0)?,
         tenant: row.get(1)?,
         endpoint: row.get(2)?,
-        source: Source::parse(&source).ok_or_else(|| corrupt(3, "source"))?,
+        source: EventSource::parse(&source).ok_or_else(|| corrupt(3, "source"))?,
         delivery_id: row.get(4)?,
         event_type: row.get(5)?,
         subject: row.get(6)?,
@@ -300,7 +344,16 @@ pub(crate) async fn list_events(
 }
 
 pub(crate) async fn event(db: &Db, tenant: &str, id: &str) -> Result<Option<Event>, StoreError> {
-    let Some(row) = db
+    event_in(&mut db.begin().await?, tenant, id).await
+}
+
+/// An event with its raw body, read in `tx`.
+pub(crate) async fn event_in(
+    tx: &mut Tx,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Event>, StoreError> {
+    let Some(row) = tx
         .query_opt(
             &format!("SELECT {EVENT_COLUMNS}, raw_body FROM events WHERE tenant = $1 AND id = $2"),
             &[tenant.into(), id.into()],

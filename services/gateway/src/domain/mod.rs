@@ -1,5 +1,8 @@
-//! The webhook receiver and the event log: endpoints, verification, durable commit, listing.
-//! Free of transport types: the HTTP route and the gRPC API both call [`Gateway`].
+//! The webhook receiver and the event log: endpoints, verification, durable commit, listing;
+//! [`delivery`] the outbound side. Free of transport types: the HTTP route and the gRPC API both
+//! call [`Gateway`].
+
+pub mod delivery;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,19 +62,49 @@ pub struct NewEndpoint {
     pub tolerance: Option<Duration>,
     /// SNS: the topic, empty if none.
     pub sns_topic_arn: String,
+    /// Makes a retried create return the first one's endpoint.
+    pub request_id: Option<String>,
 }
 
-/// An accepted webhook, normalized.
+/// Who an event comes from: a webhook sender, or Switchyard itself (test events, and
+/// operational events such as a subscription being disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// A verified webhook of this sender.
+    Webhook(Source),
+    /// Switchyard.
+    Switchyard,
+}
+
+impl EventSource {
+    /// Its name in records and in subscription filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Webhook(source) => source.as_str(),
+            EventSource::Switchyard => "switchyard",
+        }
+    }
+
+    /// The source named `name`.
+    pub fn parse(name: &str) -> Option<EventSource> {
+        match name {
+            "switchyard" => Some(EventSource::Switchyard),
+            name => Source::parse(name).map(EventSource::Webhook),
+        }
+    }
+}
+
+/// An accepted webhook, or an event of Switchyard's own, normalized.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Time-ordered id.
     pub id: String,
     /// The owner.
     pub tenant: String,
-    /// The endpoint's id.
+    /// The endpoint's id; empty for Switchyard's own events.
     pub endpoint: String,
     /// Who sent it.
-    pub source: Source,
+    pub source: EventSource,
     /// Its type.
     pub event_type: String,
     /// What it is about.
@@ -98,7 +131,7 @@ pub struct EventFilter {
     /// Only this endpoint's id.
     pub endpoint: Option<String>,
     /// Only this source.
-    pub source: Option<Source>,
+    pub source: Option<EventSource>,
     /// This type, or its sub-types (`pull_request` matches `pull_request.opened`).
     pub event_type: Option<String>,
     /// Only this subject.
@@ -133,12 +166,12 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    fn invalid(field: &str, description: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, description: impl Into<String>) -> Self {
         GatewayError::Invalid(vec![FieldViolation::new(field, description)])
     }
 }
 
-fn page_error(field: &str) -> impl Fn(PageError) -> GatewayError + '_ {
+pub(crate) fn page_error(field: &str) -> impl Fn(PageError) -> GatewayError + '_ {
     move |err| GatewayError::invalid(field, err.to_string())
 }
 
@@ -232,6 +265,8 @@ pub struct Outside {
     pub certificates: Arc<dyn switchyard_webhooks::CertificateFetcher>,
     /// SNS confirmations.
     pub confirmer: Arc<dyn SubscriptionConfirmer>,
+    /// Outbound deliveries.
+    pub delivery: Arc<dyn delivery::DeliveryClient>,
 }
 
 /// The gateway's domain.
@@ -246,28 +281,39 @@ struct Inner {
     verifier: Verifier,
     keys: Arc<dyn EndpointKeys>,
     confirmer: Arc<dyn SubscriptionConfirmer>,
+    delivery: Arc<dyn delivery::DeliveryClient>,
+    delivery_config: crate::config::DeliveryConfig,
+    /// Wakes the delivery worker when a delivery is made.
+    wake: tokio::sync::Notify,
     key_cache_ttl: Duration,
     key_cache: Mutex<HashMap<(String, String), (SecretString, Instant)>>,
 }
 
+/// The most event data (as JSON text) in one ListEvents page: a quarter of the default largest
+/// gRPC message.
+const MAX_PAGE_DATA_BYTES: usize = 1024 * 1024;
+
 /// Bound on cached keys; past it the cache starts over.
 const MAX_CACHED_KEYS: usize = 10_000;
 
-fn micros(time: SystemTime) -> Micros {
+pub(crate) fn micros(time: SystemTime) -> Micros {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }
 
 impl Gateway {
     /// The domain over `db` (migrated by the caller).
-    pub fn new(db: Db, outside: Outside, key_cache_ttl: Duration) -> Self {
+    pub fn new(db: Db, outside: Outside, config: &crate::GatewayConfig) -> Self {
         Gateway {
             inner: Arc::new(Inner {
                 db,
                 verifier: Verifier::new(outside.certificates),
                 keys: outside.keys,
                 confirmer: outside.confirmer,
-                key_cache_ttl,
+                delivery: outside.delivery,
+                delivery_config: config.delivery.clone(),
+                wake: tokio::sync::Notify::new(),
+                key_cache_ttl: config.key_cache_ttl,
                 key_cache: Mutex::new(HashMap::new()),
             }),
         }
@@ -313,11 +359,19 @@ impl Gateway {
             )),
             _ => {}
         }
-        if new.display_name.len() > 256 {
-            violations.push(FieldViolation::new(
-                "endpoint.display_name",
-                "at most 256 bytes",
-            ));
+        for (field, value, max) in [
+            ("endpoint.display_name", new.display_name.as_str(), 256),
+            ("endpoint.credential", new.credential.as_str(), 256),
+            ("endpoint.sns_topic_arn", new.sns_topic_arn.as_str(), 256),
+            ("request_id", new.request_id.as_deref().unwrap_or(""), 128),
+        ] {
+            // PostgreSQL refuses NUL in text.
+            if value.len() > max || value.contains('\0') {
+                violations.push(FieldViolation::new(
+                    field,
+                    format!("at most {max} bytes, without NUL characters"),
+                ));
+            }
         }
         if new
             .tolerance
@@ -331,6 +385,13 @@ impl Gateway {
         if !violations.is_empty() {
             return Err(GatewayError::Invalid(violations));
         }
+        let request_id = new.request_id.filter(|id| !id.is_empty());
+        if let Some(request_id) = &request_id
+            && let Some(existing) =
+                store::endpoint_by_request_id(&self.inner.db, tenant, request_id).await?
+        {
+            return Ok(existing);
+        }
         let endpoint = Endpoint {
             id: uuid::Uuid::new_v4().simple().to_string(),
             tenant: tenant.to_owned(),
@@ -341,8 +402,17 @@ impl Gateway {
             sns_topic_arn: topic,
             create_time: switchyard_store::now_micros(),
         };
-        store::insert_endpoint(&self.inner.db, &endpoint).await?;
-        Ok(endpoint)
+        match store::insert_endpoint(&self.inner.db, &endpoint, request_id.as_deref()).await {
+            Ok(()) => Ok(endpoint),
+            // A concurrent retry with the same request id won: its endpoint is ours.
+            Err(err) if err.is_unique_violation() => {
+                let request_id = request_id.as_deref().unwrap_or_default();
+                store::endpoint_by_request_id(&self.inner.db, tenant, request_id)
+                    .await?
+                    .ok_or(GatewayError::Store(err))
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// One of the tenant's endpoints.
@@ -406,6 +476,17 @@ impl Gateway {
             page::decode_token(page_token, &fingerprint).map_err(page_error("page_token"))?;
         let mut items =
             store::list_events(&self.inner.db, tenant, filter, before.as_deref(), size + 1).await?;
+        // A page also ends where its events' data passes the byte budget (the first always
+        // fits), so that a page of large payloads stays within the largest message.
+        let mut bytes = 0;
+        let fits = items
+            .iter()
+            .position(|event| {
+                bytes += event.data.to_string().len();
+                bytes > MAX_PAGE_DATA_BYTES
+            })
+            .map_or(items.len(), |over| over.max(1));
+        let size = size.min(fits);
         let next_page_token = if items.len() > size {
             items.truncate(size);
             items
@@ -485,7 +566,7 @@ impl Gateway {
             id: uuid::Uuid::now_v7().simple().to_string(),
             tenant: endpoint.tenant.clone(),
             endpoint: endpoint.id.clone(),
-            source: endpoint.source,
+            source: EventSource::Webhook(endpoint.source),
             event_type: verified.event_type,
             subject: verified.subject,
             time: verified.signed_at.map_or(receive_time, micros),
@@ -496,7 +577,18 @@ impl Gateway {
             content_type,
             raw_body: inbound.body.to_vec(),
         };
-        let stored = store::insert_event(&self.inner.db, &event).await?;
+        // The event and its deliveries commit together, before the sender is answered.
+        let mut tx = self.inner.db.begin().await?;
+        let stored = store::insert_event(&mut tx, &event).await?;
+        let deliveries = if stored.duplicate {
+            0
+        } else {
+            delivery::fan_out(&mut tx, &event).await?
+        };
+        tx.commit().await?;
+        if deliveries > 0 {
+            self.inner.wake.notify_one();
+        }
         // Confirmed on every delivery of the confirmation, so that one whose first visit failed
         // (and which SNS therefore sends again) is confirmed by the redelivery.
         if let Some(url) = &verified.confirm_subscription
@@ -537,7 +629,7 @@ impl Gateway {
     }
 }
 
-fn is_credential_name(name: &str) -> bool {
+pub(crate) fn is_credential_name(name: &str) -> bool {
     name.strip_prefix("credentials/")
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
