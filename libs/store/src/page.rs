@@ -55,6 +55,24 @@ pub fn encode_token<C: Serialize>(cursor: &C, fingerprint: &str) -> String {
     URL_SAFE_NO_PAD.encode(json)
 }
 
+/// Ends a page read with one row more than `size`: keeps `size` items and returns the token of
+/// the next page (the cursor of the last item kept), or an empty token if this is the last page.
+pub fn next_token<T, C: Serialize>(
+    items: &mut Vec<T>,
+    size: usize,
+    fingerprint: &str,
+    cursor: impl Fn(&T) -> C,
+) -> String {
+    if items.len() <= size {
+        return String::new();
+    }
+    items.truncate(size);
+    items
+        .last()
+        .map(|last| encode_token(&cursor(last), fingerprint))
+        .unwrap_or_default()
+}
+
 /// Decodes a page token; an empty token is the first page (`None`).
 pub fn decode_token<C: DeserializeOwned>(
     token: &str,

@@ -1130,15 +1130,8 @@ impl Ai {
         let mut tx = self.inner.db.begin().await?;
         let mut items = usage::list(&mut tx, &caller.tenant, filter, before, size + 1).await?;
         tx.commit().await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| page::encode_token(&(last.time, last.id.clone()), &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page::next_token(&mut items, size, &fingerprint, |r| (r.time, r.id.clone()));
         Ok(Page {
             items,
             next_page_token,

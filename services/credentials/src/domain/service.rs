@@ -1564,15 +1564,7 @@ fn paginate<T, C: serde::Serialize>(
 where
     T: Clone,
 {
-    let next_page_token = if items.len() > size {
-        items.truncate(size);
-        items
-            .last()
-            .map(|last| page::encode_token(&cursor(last), fingerprint))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = page::next_token(items, size, fingerprint, cursor);
     Page {
         items: std::mem::take(items),
         next_page_token,

@@ -569,15 +569,7 @@ impl Gateway {
             page::decode_token(page_token, &fingerprint).map_err(page_error("page_token"))?;
         let mut items =
             db::list_subscriptions(&self.inner.db, tenant, after.as_deref(), size + 1).await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| page::encode_token(&last.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut items, size, &fingerprint, |d| d.id.clone());
         Ok(Page {
             items,
             next_page_token,
@@ -640,15 +632,7 @@ impl Gateway {
             size + 1,
         )
         .await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| page::encode_token(&last.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut items, size, &fingerprint, |d| d.id.clone());
         Ok(Page {
             items,
             next_page_token,

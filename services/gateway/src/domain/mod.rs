@@ -437,15 +437,7 @@ impl Gateway {
             page::decode_token(page_token, &fingerprint).map_err(page_error("page_token"))?;
         let mut items =
             store::list_endpoints(&self.inner.db, tenant, after.as_deref(), size + 1).await?;
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| page::encode_token(&last.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut items, size, &fingerprint, |e| e.id.clone());
         Ok(Page {
             items,
             next_page_token,
@@ -487,15 +479,7 @@ impl Gateway {
             })
             .map_or(items.len(), |over| over.max(1));
         let size = size.min(fits);
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            items
-                .last()
-                .map(|last| page::encode_token(&last.id, &fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page::next_token(&mut items, size, &fingerprint, |e| e.id.clone());
         Ok(Page {
             items,
             next_page_token,

@@ -7,7 +7,8 @@ use switchyard_store::{Db, Params, Row, StoreError, Tx, Value};
 use crate::domain::EventSource;
 use crate::domain::delivery::{Attempt, Delivery, DeliveryState, Subscription, SubscriptionState};
 
-pub(super) const MIGRATION_POSTGRES: &str = "
+/// The tables, in the subset both stores take (SQLite reads `BIGINT` as `INTEGER`).
+pub(super) const MIGRATION: &str = "
     CREATE TABLE subscriptions (
         id TEXT PRIMARY KEY,
         tenant TEXT NOT NULL,
@@ -51,58 +52,6 @@ pub(super) const MIGRATION_POSTGRES: &str = "
         tenant TEXT NOT NULL,
         start_time BIGINT NOT NULL,
         latency_us BIGINT NOT NULL,
-        status INTEGER NOT NULL,
-        error TEXT,
-        request_headers TEXT NOT NULL,
-        response_body TEXT NOT NULL,
-        PRIMARY KEY (delivery, number)
-    );
-";
-
-pub(super) const MIGRATION_SQLITE: &str = "
-    CREATE TABLE subscriptions (
-        id TEXT PRIMARY KEY,
-        tenant TEXT NOT NULL,
-        display_name TEXT NOT NULL,
-        event_types TEXT NOT NULL,
-        sources TEXT NOT NULL,
-        filter TEXT NOT NULL,
-        url TEXT NOT NULL,
-        signing_credential TEXT NOT NULL,
-        retry_schedule TEXT NOT NULL,
-        timeout_ms INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        disabled_reason TEXT,
-        failing_since INTEGER,
-        create_time INTEGER NOT NULL,
-        delete_time INTEGER,
-        request_id TEXT
-    );
-    CREATE INDEX subscriptions_by_tenant ON subscriptions (tenant, id);
-    CREATE UNIQUE INDEX subscriptions_by_request_id ON subscriptions (tenant, request_id);
-    CREATE TABLE deliveries (
-        id TEXT PRIMARY KEY,
-        tenant TEXT NOT NULL,
-        subscription TEXT NOT NULL,
-        event TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempt_count INTEGER NOT NULL,
-        schedule_step INTEGER NOT NULL,
-        next_attempt_at INTEGER NOT NULL,
-        lease_until INTEGER,
-        last_status INTEGER NOT NULL,
-        last_error TEXT,
-        create_time INTEGER NOT NULL
-    );
-    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
-    CREATE INDEX deliveries_by_subscription ON deliveries (subscription, id);
-    CREATE TABLE attempts (
-        delivery TEXT NOT NULL,
-        number INTEGER NOT NULL,
-        tenant TEXT NOT NULL,
-        start_time INTEGER NOT NULL,
-        latency_us INTEGER NOT NULL,
         status INTEGER NOT NULL,
         error TEXT,
         request_headers TEXT NOT NULL,

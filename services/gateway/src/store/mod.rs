@@ -9,11 +9,17 @@ use switchyard_webhooks::Source;
 
 use crate::domain::{Endpoint, Event, EventFilter, EventSource};
 
+const REQUEST_IDS: &str = "
+    ALTER TABLE inbound_endpoints ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX inbound_endpoints_by_request_id ON inbound_endpoints (tenant, request_id);
+";
+
 /// The gateway's schema.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "inbound endpoints and events",
-    postgres: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "inbound endpoints and events",
+        postgres: "
         CREATE TABLE inbound_endpoints (
             id TEXT PRIMARY KEY,
             tenant TEXT NOT NULL,
@@ -44,7 +50,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX events_by_tenant ON events (tenant, id);
     ",
-    sqlite: "
+        sqlite: "
         CREATE TABLE inbound_endpoints (
             id TEXT PRIMARY KEY,
             tenant TEXT NOT NULL,
@@ -75,23 +81,20 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         );
         CREATE INDEX events_by_tenant ON events (tenant, id);
     ",
-}, Migration {
-    version: 2,
-    name: "idempotent endpoint creation",
-    postgres: "
-        ALTER TABLE inbound_endpoints ADD COLUMN request_id TEXT;
-        CREATE UNIQUE INDEX inbound_endpoints_by_request_id ON inbound_endpoints (tenant, request_id);
-    ",
-    sqlite: "
-        ALTER TABLE inbound_endpoints ADD COLUMN request_id TEXT;
-        CREATE UNIQUE INDEX inbound_endpoints_by_request_id ON inbound_endpoints (tenant, request_id);
-    ",
-}, Migration {
-    version: 3,
-    name: "subscriptions, deliveries and attempts",
-    postgres: delivery::MIGRATION_POSTGRES,
-    sqlite: delivery::MIGRATION_SQLITE,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "idempotent endpoint creation",
+        postgres: REQUEST_IDS,
+        sqlite: REQUEST_IDS,
+    },
+    Migration {
+        version: 3,
+        name: "subscriptions, deliveries and attempts",
+        postgres: delivery::MIGRATION,
+        sqlite: delivery::MIGRATION,
+    },
+];
 
 fn optional(text: Option<&str>) -> Value {
     text.map_or(Value::Null, Value::from)
