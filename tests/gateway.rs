@@ -442,3 +442,48 @@ async fn the_gateway_will_not_start_with_messages_too_small_for_its_bodies() {
         "{refused:#}"
     );
 }
+
+#[tokio::test]
+async fn subscribe_events_streams_what_arrives_over_grpc() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(config(Backend::Sqlite, dir.path())).await;
+    let endpoint = endpoint(&server, "acme", "gh-secret", "s3cret", pb::Source::Github).await;
+    let reader = token("acme", "reader", &["events.read"]);
+    let mut stream = EventServiceClient::new(server.channel().await)
+        .subscribe_events(with_token(
+            pb::SubscribeEventsRequest {
+                event_types: vec!["push".into()],
+                ..Default::default()
+            },
+            &reader,
+        ))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let signature = github_signature("s3cret", PUSH);
+    assert_eq!(
+        post_github(&server, &endpoint.url_path, &signature, "d-9", PUSH)
+            .await
+            .status(),
+        200
+    );
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("in time")
+        .expect("a message")
+        .expect("not the end");
+    let event = message.event.expect("event");
+    assert_eq!(
+        (event.r#type.as_str(), event.delivery_id.as_str()),
+        ("push", "d-9")
+    );
+    assert_eq!(message.cursor, event.name.trim_start_matches("events/"));
+    // An open stream does not hold the drain: it ends with UNAVAILABLE, to be resumed elsewhere.
+    server.stop().await;
+    let ended = stream.message().await;
+    assert!(
+        matches!(&ended, Err(status) if status.code() == tonic::Code::Unavailable)
+            || matches!(ended, Ok(None)),
+        "{ended:?}"
+    );
+}

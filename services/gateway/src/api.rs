@@ -33,6 +33,7 @@ pub const SCOPES: ScopeTable = ScopeTable {
         ("DeleteInboundEndpoint", WRITE),
         ("ListEvents", READ),
         ("GetEvent", READ),
+        ("SubscribeEvents", READ),
         ("CreateSubscription", WRITE),
         ("GetSubscription", READ),
         ("ListSubscriptions", READ),
@@ -56,6 +57,10 @@ pub fn api_error(err: GatewayError) -> ApiError {
     match err {
         GatewayError::Invalid(violations) => ApiError::invalid_argument(violations),
         GatewayError::NotFound(name) => ApiError::not_found(&name),
+        GatewayError::Unavailable(message) => {
+            ApiError::new(tonic::Code::Unavailable, "SHUTTING_DOWN", message)
+                .with_retry_after(std::time::Duration::from_secs(1))
+        }
         GatewayError::Store(cause) => ApiError::internal(cause),
     }
     .with_domain(ERROR_DOMAIN)
@@ -234,6 +239,11 @@ fn optional_micros(
         .map_err(invalid)
 }
 
+/// The messages of a SubscribeEvents stream.
+pub type EventStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::SubscribeEventsResponse, Status>> + Send>,
+>;
+
 /// `switchyard.events.v1.EventService` over the domain.
 #[derive(Debug, Clone)]
 pub struct EventApi {
@@ -256,6 +266,45 @@ impl EventApi {
 
 #[tonic::async_trait]
 impl EventService for EventApi {
+    type SubscribeEventsStream = EventStream;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        use futures::StreamExt;
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let sources = request
+            .sources
+            .iter()
+            .map(|value| {
+                event_source_of("sources", *value)?.ok_or_else(|| {
+                    invalid(FieldViolation::new(
+                        "sources",
+                        "SOURCE_UNSPECIFIED is not a source",
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = crate::domain::stream::StreamSpec {
+            event_types: request.event_types,
+            sources,
+            filter: request.filter,
+            cursor: Some(request.cursor).filter(|c| !c.is_empty()),
+            start_time: optional_micros("start_time", request.start_time.as_ref())?,
+        };
+        let events = self.domain.event_stream(&tenant, spec).map_err(status)?;
+        let messages = events.map(|item| {
+            item.map(|(event, cursor)| pb::SubscribeEventsResponse {
+                event: Some(event_to_proto(event)),
+                cursor,
+            })
+            .map_err(status)
+        });
+        Ok(Response::new(Box::pin(messages)))
+    }
+
     async fn create_inbound_endpoint(
         &self,
         request: Request<pb::CreateInboundEndpointRequest>,

@@ -19,7 +19,13 @@ use switchyard_store::{Db, StoreError};
 pub const COMPONENT: &str = "gateway";
 
 /// Migrates `db` and returns the domain; run [`domain::delivery::run`] beside it to deliver.
-pub async fn open(db: Db, config: &GatewayConfig, outside: Outside) -> Result<Gateway, StoreError> {
+/// Event streams end when `shutdown` is cancelled, so that they do not hold a drain open.
+pub async fn open(
+    db: Db,
+    config: &GatewayConfig,
+    outside: Outside,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Gateway, StoreError> {
     db.migrate(COMPONENT, store::MIGRATIONS).await?;
-    Ok(Gateway::new(db, outside, config))
+    Ok(Gateway::new(db, outside, config, shutdown))
 }

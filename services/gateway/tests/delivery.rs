@@ -123,6 +123,7 @@ async fn gateway(db: Db) -> Gateway {
             )),
             delivery: Arc::new(HttpsDelivery::new(guard).expect("client")),
         },
+        CancellationToken::new(),
     )
     .await
     .expect("open")
@@ -380,6 +381,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
         },
+        CancellationToken::new(),
     )
     .await
     .expect("open");
@@ -425,6 +427,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
                 .expect("client"),
             ),
         },
+        CancellationToken::new(),
     )
     .await
     .expect("open");

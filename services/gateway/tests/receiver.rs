@@ -94,6 +94,7 @@ async fn setup(key_cache_ttl: Duration) -> Setup {
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
         },
+        tokio_util::sync::CancellationToken::new(),
     )
     .await
     .expect("open");
@@ -293,4 +294,135 @@ async fn a_page_of_events_stays_within_the_byte_budget() {
         token = page.next_page_token;
     }
     assert_eq!((seen, pages), (5, 3));
+}
+
+#[tokio::test]
+async fn an_event_stream_resumes_from_its_cursor_and_filters() {
+    use futures::StreamExt;
+    use switchyard_gateway::domain::stream::StreamSpec;
+
+    let setup = setup(Duration::from_secs(30)).await;
+    let endpoint = setup
+        .gateway
+        .create_endpoint(
+            "acme",
+            NewEndpoint {
+                source: Some(Source::Jenkins),
+                credential: "credentials/jenkins".into(),
+                display_name: String::new(),
+                tolerance: None,
+                sns_topic_arn: String::new(),
+                request_id: None,
+            },
+        )
+        .await
+        .expect("endpoint");
+    setup
+        .keys
+        .0
+        .lock()
+        .expect("lock")
+        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let from_the_start = StreamSpec {
+        start_time: Some(0),
+        ..StreamSpec::default()
+    };
+    let mut live = Box::pin(
+        setup
+            .gateway
+            .event_stream("acme", from_the_start.clone())
+            .expect("stream"),
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", "Bearer tok".parse().expect("header"));
+    for n in 1..=3 {
+        let body = format!(r#"{{"name":"job","build":{{"number":{n},"phase":"STARTED"}}}}"#);
+        headers.insert(
+            "x-request-id",
+            format!("build-{n}").parse().expect("header"),
+        );
+        setup
+            .gateway
+            .receive("jenkins", &endpoint.id, inbound(&headers, body.as_bytes()))
+            .await
+            .expect("received");
+    }
+    let mut cursors = Vec::new();
+    for n in 1..=3 {
+        let (event, cursor) = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("ok");
+        assert_eq!(event.data["build"]["number"], n);
+        cursors.push(cursor);
+    }
+    // Reconnecting after the second: the third, and nothing else.
+    let mut resumed = Box::pin(
+        setup
+            .gateway
+            .event_stream(
+                "acme",
+                StreamSpec {
+                    cursor: Some(cursors[1].clone()),
+                    ..StreamSpec::default()
+                },
+            )
+            .expect("stream"),
+    );
+    let (third, _) = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .expect("in time")
+        .expect("an event")
+        .expect("ok");
+    assert_eq!(third.data["build"]["number"], 3);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), resumed.next())
+            .await
+            .is_err(),
+        "nothing after the third"
+    );
+    // A filter, and another tenant.
+    let mut filtered = Box::pin(
+        setup
+            .gateway
+            .event_stream(
+                "acme",
+                StreamSpec {
+                    filter: "data.build.number == 2".into(),
+                    ..from_the_start.clone()
+                },
+            )
+            .expect("stream"),
+    );
+    let (second, _) = tokio::time::timeout(Duration::from_secs(10), filtered.next())
+        .await
+        .expect("in time")
+        .expect("an event")
+        .expect("ok");
+    assert_eq!(second.data["build"]["number"], 2);
+    let mut other = Box::pin(
+        setup
+            .gateway
+            .event_stream("globex", from_the_start.clone())
+            .expect("stream"),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), other.next())
+            .await
+            .is_err(),
+        "another tenant's stream is empty"
+    );
+    assert!(
+        setup
+            .gateway
+            .event_stream(
+                "acme",
+                StreamSpec {
+                    filter: "data.x ==".into(),
+                    ..StreamSpec::default()
+                }
+            )
+            .is_err()
+    );
 }

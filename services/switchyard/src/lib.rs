@@ -517,6 +517,7 @@ pub async fn run(
                     db.clone(),
                     &config.gateway,
                     gateway_outside(&config, grpc.local_addr()?)?,
+                    shutdown.clone(),
                 )
                 .await
                 .context("migrating the gateway database")?;

@@ -335,16 +335,59 @@ fn filter_matches(filter: &str, event: &Event) -> bool {
     )
 }
 
+/// Whether `event` is one of `event_types` (patterns; empty: any) from one of `sources` (empty:
+/// any) for which `filter` holds: how subscriptions and event streams choose.
+pub(crate) fn selects(
+    event_types: &[String],
+    sources: &[EventSource],
+    filter: &str,
+    event: &Event,
+) -> bool {
+    (event_types.is_empty()
+        || event_types
+            .iter()
+            .any(|pattern| type_matches(pattern, &event.event_type)))
+        && (sources.is_empty() || sources.contains(&event.source))
+        && filter_matches(filter, event)
+}
+
+/// What is wrong with type patterns and a filter, as field violations under `prefix`.
+pub(crate) fn selector_violations(
+    prefix: &str,
+    event_types: &[String],
+    filter: &str,
+) -> Vec<FieldViolation> {
+    let mut violations = Vec::new();
+    for pattern in event_types {
+        let bare = pattern.strip_suffix('*').unwrap_or(pattern);
+        if pattern.is_empty() || bare.contains('*') || pattern.len() > 256 {
+            violations.push(FieldViolation::new(
+                format!("{prefix}event_types"),
+                format!("{pattern:?} is not a type or a prefix ending in *"),
+            ));
+        }
+    }
+    if filter.len() > 4096 || filter.contains('\0') {
+        violations.push(FieldViolation::new(
+            format!("{prefix}filter"),
+            "at most 4096 bytes, without NUL characters",
+        ));
+    } else if !filter.is_empty()
+        && let Err(err) = cel_interpreter::Program::compile(filter)
+    {
+        violations.push(FieldViolation::new(
+            format!("{prefix}filter"),
+            format!("not a CEL expression: {err}"),
+        ));
+    }
+    violations
+}
+
 impl Subscription {
     /// Whether `event` goes to this subscription.
     pub fn matches(&self, event: &Event) -> bool {
         self.state == SubscriptionState::Active
-            && self
-                .event_types
-                .iter()
-                .any(|pattern| type_matches(pattern, &event.event_type))
-            && (self.sources.is_empty() || self.sources.contains(&event.source))
-            && filter_matches(&self.filter, event)
+            && selects(&self.event_types, &self.sources, &self.filter, event)
     }
 }
 
@@ -430,28 +473,11 @@ impl Gateway {
         tenant: &str,
         new: NewSubscription,
     ) -> Result<Subscription, GatewayError> {
-        let mut violations = Vec::new();
+        let mut violations = selector_violations("subscription.", &new.event_types, &new.filter);
         if new.event_types.is_empty() {
             violations.push(FieldViolation::new(
                 "subscription.event_types",
                 "at least one type or pattern (`push`, `pull_request.*`, `*`)",
-            ));
-        }
-        for pattern in &new.event_types {
-            let bare = pattern.strip_suffix('*').unwrap_or(pattern);
-            if pattern.is_empty() || bare.contains('*') || pattern.len() > 256 {
-                violations.push(FieldViolation::new(
-                    "subscription.event_types",
-                    format!("{pattern:?} is not a type or a prefix ending in *"),
-                ));
-            }
-        }
-        if !new.filter.is_empty()
-            && let Err(err) = cel_interpreter::Program::compile(&new.filter)
-        {
-            violations.push(FieldViolation::new(
-                "subscription.filter",
-                format!("not a CEL expression: {err}"),
             ));
         }
         if let Err(err) = self.inner.delivery.check_url(&new.url) {
@@ -490,7 +516,6 @@ impl Gateway {
         }
         for (field, value, max) in [
             ("subscription.display_name", new.display_name.as_str(), 256),
-            ("subscription.filter", new.filter.as_str(), 4096),
             ("subscription.url", new.url.as_str(), 2048),
             ("request_id", new.request_id.as_deref().unwrap_or(""), 128),
         ] {

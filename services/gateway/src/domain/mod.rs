@@ -3,6 +3,7 @@
 //! call [`Gateway`].
 
 pub mod delivery;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,6 +161,9 @@ pub enum GatewayError {
     /// No such resource for this tenant.
     #[error("{0} not found")]
     NotFound(String),
+    /// The server is stopping; the caller should retry elsewhere (streams: with their cursor).
+    #[error("{0}")]
+    Unavailable(String),
     /// The record store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -285,6 +289,8 @@ struct Inner {
     delivery_config: crate::config::DeliveryConfig,
     /// Wakes the delivery worker when a delivery is made.
     wake: tokio::sync::Notify,
+    /// Ends event streams.
+    shutdown: tokio_util::sync::CancellationToken,
     key_cache_ttl: Duration,
     key_cache: Mutex<HashMap<(String, String), (SecretString, Instant)>>,
 }
@@ -303,7 +309,12 @@ pub(crate) fn micros(time: SystemTime) -> Micros {
 
 impl Gateway {
     /// The domain over `db` (migrated by the caller).
-    pub fn new(db: Db, outside: Outside, config: &crate::GatewayConfig) -> Self {
+    pub fn new(
+        db: Db,
+        outside: Outside,
+        config: &crate::GatewayConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
                 db,
@@ -313,6 +324,7 @@ impl Gateway {
                 delivery: outside.delivery,
                 delivery_config: config.delivery.clone(),
                 wake: tokio::sync::Notify::new(),
+                shutdown,
                 key_cache_ttl: config.key_cache_ttl,
                 key_cache: Mutex::new(HashMap::new()),
             }),

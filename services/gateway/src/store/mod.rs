@@ -346,6 +346,35 @@ pub(crate) async fn list_events(
         .collect()
 }
 
+/// Events of `tenant` after the id `after`, received in `[since, before)`, oldest first,
+/// without raw bodies.
+pub(crate) async fn events_after(
+    db: &Db,
+    tenant: &str,
+    after: &str,
+    since: i64,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    db.query(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = $1 AND id > $2 \
+             AND receive_time >= $3 AND receive_time < $4 ORDER BY id LIMIT $5"
+        ),
+        &[
+            tenant.into(),
+            after.into(),
+            since.into(),
+            before.into(),
+            (limit as i64).into(),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|row| event_from(row, Vec::new()))
+    .collect()
+}
+
 pub(crate) async fn event(db: &Db, tenant: &str, id: &str) -> Result<Option<Event>, StoreError> {
     event_in(&mut db.begin().await?, tenant, id).await
 }
