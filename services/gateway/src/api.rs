@@ -419,6 +419,7 @@ impl EventService for EventApi {
                 .map(|t| checked_micros("received_before", t))
                 .transpose()
                 .map_err(invalid)?,
+            expression: request.filter,
         };
         let page = self
             .domain

@@ -426,3 +426,80 @@ async fn an_event_stream_resumes_from_its_cursor_and_filters() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn the_event_log_is_searched_with_cel() {
+    let setup = setup(Duration::from_secs(30)).await;
+    let endpoint = setup
+        .gateway
+        .create_endpoint(
+            "acme",
+            NewEndpoint {
+                source: Some(Source::Jenkins),
+                credential: "credentials/jenkins".into(),
+                display_name: String::new(),
+                tolerance: None,
+                sns_topic_arn: String::new(),
+                request_id: None,
+            },
+        )
+        .await
+        .expect("endpoint");
+    setup
+        .keys
+        .0
+        .lock()
+        .expect("lock")
+        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", "Bearer tok".parse().expect("header"));
+    for n in 1..=6 {
+        let body = format!(
+            r#"{{"name":"job-{}","build":{{"number":{n},"phase":"COMPLETED"}}}}"#,
+            n % 3
+        );
+        headers.insert(
+            "x-request-id",
+            format!("build-{n}").parse().expect("header"),
+        );
+        setup
+            .gateway
+            .receive("jenkins", &endpoint.id, inbound(&headers, body.as_bytes()))
+            .await
+            .expect("received");
+    }
+    let search = EventFilter {
+        expression: r#"data.name == "job-0" || data.build.number == 1"#.into(),
+        ..EventFilter::default()
+    };
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = setup
+            .gateway
+            .list_events("acme", &search, 1, &token)
+            .await
+            .expect("search");
+        found.extend(
+            page.items
+                .iter()
+                .map(|e| e.data["build"]["number"].as_i64().expect("n")),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(found, [6, 3, 1], "newest first, matches only");
+    let bad = EventFilter {
+        expression: "data.build ==".into(),
+        ..EventFilter::default()
+    };
+    assert!(
+        setup
+            .gateway
+            .list_events("acme", &bad, 0, "")
+            .await
+            .is_err()
+    );
+}

@@ -314,7 +314,7 @@ fn filter_variables(event: &Event) -> serde_json::Value {
 
 /// Evaluates a CEL filter on `event`: true to deliver. An expression that fails on this event
 /// (a missing field, a type mismatch) does not match.
-fn filter_matches(filter: &str, event: &Event) -> bool {
+pub(crate) fn filter_matches(filter: &str, event: &Event) -> bool {
     if filter.is_empty() {
         return true;
     }

@@ -141,6 +141,8 @@ pub struct EventFilter {
     pub received_after: Option<Micros>,
     /// Received before.
     pub received_before: Option<Micros>,
+    /// A CEL expression over the event that must hold (as a subscription's filter); empty: none.
+    pub expression: String,
 }
 
 /// A page of results.
@@ -298,6 +300,11 @@ struct Inner {
 /// The most event data (as JSON text) in one ListEvents page: a quarter of the default largest
 /// gRPC message.
 const MAX_PAGE_DATA_BYTES: usize = 1024 * 1024;
+
+/// Events read at once by a ListEvents with an expression.
+const SCAN_BATCH: usize = 500;
+/// The most events one ListEvents page looks at for an expression.
+const MAX_SCANNED: usize = 10_000;
 
 /// Bound on cached keys; past it the cache starts over.
 const MAX_CACHED_KEYS: usize = 10_000;
@@ -478,20 +485,56 @@ impl Gateway {
         let fingerprint = page::filter_fingerprint(&format!("{filter:?}"));
         let before: Option<String> =
             page::decode_token(page_token, &fingerprint).map_err(page_error("page_token"))?;
-        let mut items =
-            store::list_events(&self.inner.db, tenant, filter, before.as_deref(), size + 1).await?;
-        // A page also ends where its events' data passes the byte budget (the first always
-        // fits), so that a page of large payloads stays within the largest message.
-        let mut bytes = 0;
-        let fits = items
-            .iter()
-            .position(|event| {
-                bytes += event.data.to_string().len();
-                bytes > MAX_PAGE_DATA_BYTES
-            })
-            .map_or(items.len(), |over| over.max(1));
-        let size = size.min(fits);
-        let next_page_token = page::next_token(&mut items, size, &fingerprint, |e| e.id.clone());
+        let violations = delivery::selector_violations("", &[], &filter.expression);
+        if !violations.is_empty() {
+            return Err(GatewayError::Invalid(violations));
+        }
+        // Read in batches from the cursor. A page ends when it is full, when its events' data
+        // passes the byte budget (the first always fits), or, with an expression, when
+        // MAX_SCANNED events were looked at: the token then resumes after the last one read,
+        // whether it matched or not.
+        let searching = !filter.expression.is_empty();
+        let batch_size = if searching { SCAN_BATCH } else { size + 1 };
+        let mut items = Vec::new();
+        let mut cursor = before;
+        let (mut scanned, mut bytes, mut more) = (0, 0, false);
+        'pages: loop {
+            let batch = store::list_events(
+                &self.inner.db,
+                tenant,
+                filter,
+                cursor.as_deref(),
+                batch_size,
+            )
+            .await?;
+            let last_batch = batch.len() < batch_size;
+            for event in batch {
+                if searching && scanned >= MAX_SCANNED {
+                    more = true;
+                    break 'pages;
+                }
+                scanned += 1;
+                if searching && !delivery::filter_matches(&filter.expression, &event) {
+                    cursor = Some(event.id);
+                    continue;
+                }
+                let len = event.data.to_string().len();
+                if items.len() == size || (!items.is_empty() && bytes + len > MAX_PAGE_DATA_BYTES) {
+                    more = true;
+                    break 'pages;
+                }
+                bytes += len;
+                cursor = Some(event.id.clone());
+                items.push(event);
+            }
+            if last_batch {
+                break;
+            }
+        }
+        let next_page_token = match (more, cursor) {
+            (true, Some(cursor)) => page::encode_token(&cursor, &fingerprint),
+            _ => String::new(),
+        };
         Ok(Page {
             items,
             next_page_token,
