@@ -487,3 +487,210 @@ async fn subscribe_events_streams_what_arrives_over_grpc() {
         "{ended:?}"
     );
 }
+
+mod oauth {
+    use super::*;
+    use switchyard_proto::oauth::v1 as oa;
+    use switchyard_proto::oauth::v1::o_auth_service_client::OAuthServiceClient;
+    use switchyard_testkit::fake_oauth::FakeOAuth;
+
+    const PUBLIC_URL: &str = "https://switchyard.example";
+    const REDIRECT: &str = "https://switchyard.example/oauth/gitlab/callback";
+
+    /// Follows an authorize URL as a browser would, up to the redirect back to Switchyard, and
+    /// returns the callback's path and query.
+    async fn authorize(url: &str) -> String {
+        let response = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .get(url)
+            .send()
+            .await
+            .expect("authorize");
+        let location = response.headers()["location"].to_str().expect("location");
+        location
+            .strip_prefix(PUBLIC_URL)
+            .expect("back to Switchyard")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn connect_access_refresh_reauth_and_delete_against_a_local_provider() {
+        let fake = FakeOAuth::start("client-1", "secret-1", REDIRECT).await;
+        fake.set_access_ttl(std::time::Duration::from_secs(30));
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = config(Backend::Sqlite, dir.path());
+        config.gateway.outbound_allow = vec!["127.0.0.0/8".into()];
+        config.gateway.public_url = PUBLIC_URL.into();
+        let server = TestServer::start(config).await;
+        let admin = token("acme", "admin", &["credentials.*", "events.*", "oauth.*"]);
+        CredentialServiceClient::new(server.channel().await)
+            .create_credential(with_token(
+                cred::CreateCredentialRequest {
+                    credential_id: "gitlab-secret".into(),
+                    credential: Some(cred::Credential {
+                        kind: cred::CredentialKind::Generic as i32,
+                        ..Default::default()
+                    }),
+                    payload: Some(cred::SecretPayload {
+                        data: b"secret-1".to_vec(),
+                    }),
+                    request_id: String::new(),
+                },
+                &admin,
+            ))
+            .await
+            .expect("client secret");
+        let mut oauth = OAuthServiceClient::new(server.channel().await);
+        let client = oauth
+            .create_client(with_token(
+                oa::CreateClientRequest {
+                    client: Some(oa::Client {
+                        provider: oa::Provider::Gitlab as i32,
+                        client_id: "client-1".into(),
+                        client_secret_credential: "credentials/gitlab-secret".into(),
+                        base_url: fake.base_url(),
+                        ..Default::default()
+                    }),
+                },
+                &admin,
+            ))
+            .await
+            .expect("client")
+            .into_inner()
+            .client
+            .expect("client");
+        assert_eq!(client.redirect_uri, REDIRECT);
+
+        let started = oauth
+            .start_authorization(with_token(
+                oa::StartAuthorizationRequest {
+                    provider: oa::Provider::Gitlab as i32,
+                    scopes: vec!["api".into(), "read_user".into()],
+                },
+                &admin,
+            ))
+            .await
+            .expect("start")
+            .into_inner();
+        assert!(started.authorize_url.contains("code_challenge_method=S256"));
+        let callback = authorize(&started.authorize_url).await;
+        let http = reqwest::Client::new();
+        let done = http
+            .get(format!("http://{}{callback}", server.http))
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(done.status(), 200);
+        let done: serde_json::Value = done.json().await.expect("json");
+        let name = done["connection"].as_str().expect("connection").to_owned();
+        let replayed = http
+            .get(format!("http://{}{callback}", server.http))
+            .send()
+            .await
+            .expect("callback again");
+        assert_eq!(replayed.status(), 400, "a state is single-use");
+
+        let connection = oauth
+            .get_connection(with_token(
+                oa::GetConnectionRequest { name: name.clone() },
+                &admin,
+            ))
+            .await
+            .expect("connection")
+            .into_inner()
+            .connection
+            .expect("connection");
+        assert_eq!(connection.account_name, "octocat");
+        assert_eq!(connection.granted_scopes, ["api", "read_user"]);
+        assert_eq!(connection.state, oa::ConnectionState::Active as i32);
+
+        // The token expires within the refresh margin: access refreshes it first.
+        let before = fake.token_requests();
+        let access = oauth
+            .access_connection(with_token(
+                oa::AccessConnectionRequest {
+                    name: name.clone(),
+                    required_scopes: vec!["api".into()],
+                },
+                &admin,
+            ))
+            .await
+            .expect("access")
+            .into_inner();
+        assert!(access.access_token.starts_with("access-"));
+        assert_eq!(
+            fake.token_requests(),
+            before + 1,
+            "refreshed ahead of expiry"
+        );
+        let missing = oauth
+            .access_connection(with_token(
+                oa::AccessConnectionRequest {
+                    name: name.clone(),
+                    required_scopes: vec!["admin_mode".into()],
+                },
+                &admin,
+            ))
+            .await
+            .expect_err("an ungranted scope");
+        assert_eq!(missing.code(), tonic::Code::FailedPrecondition);
+        assert!(missing.message().contains("admin_mode"));
+
+        // The user revoked the app: the refresh is an invalid grant.
+        fake.revoke_all_refresh_tokens();
+        let refused = oauth
+            .refresh_connection(with_token(
+                oa::RefreshConnectionRequest { name: name.clone() },
+                &admin,
+            ))
+            .await
+            .expect_err("invalid_grant");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let connection = oauth
+            .get_connection(with_token(
+                oa::GetConnectionRequest { name: name.clone() },
+                &admin,
+            ))
+            .await
+            .expect("connection")
+            .into_inner()
+            .connection
+            .expect("connection");
+        assert_eq!(connection.state, oa::ConnectionState::NeedsReauth as i32);
+        let operational = EventServiceClient::new(server.channel().await)
+            .list_events(with_token(
+                pb::ListEventsRequest {
+                    source: pb::Source::Switchyard as i32,
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .expect("events")
+            .into_inner()
+            .events;
+        assert_eq!(operational[0].r#type, "connection.needs_reauth");
+
+        let other = token("globex", "admin", &["oauth.*"]);
+        let hidden = oauth
+            .get_connection(with_token(
+                oa::GetConnectionRequest { name: name.clone() },
+                &other,
+            ))
+            .await
+            .expect_err("another tenant's connection");
+        assert_eq!(hidden.code(), tonic::Code::NotFound);
+        let deleted = oauth
+            .delete_connection(with_token(
+                oa::DeleteConnectionRequest { name: name.clone() },
+                &admin,
+            ))
+            .await
+            .expect("delete")
+            .into_inner();
+        assert!(deleted.revoked_upstream);
+        server.stop().await;
+    }
+}

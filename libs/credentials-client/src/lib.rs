@@ -1,14 +1,18 @@
-//! Reads secret material from the credentials service with `AccessCredential`, which audits the
-//! read and applies the credential's access policy. The reader presents a token of the tenant that
-//! owns the credential, so a service acting for one tenant can never read another's: the
-//! credentials service's own tenant isolation decides.
+//! A service's client of the credentials service: reads material with `AccessCredential` (which
+//! audits the read and applies the credential's access policy), and stores material a service
+//! obtained for a tenant (OAuth token sets) with `CreateCredential` and `RotateCredential`. It
+//! presents a token of the tenant that owns the credential, so a service acting for one tenant
+//! can never touch another's: the credentials service's own tenant isolation decides.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
-use switchyard_proto::credentials::v1::AccessCredentialRequest;
 use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
+use switchyard_proto::credentials::v1::{
+    AccessCredentialRequest, CreateCredentialRequest, Credential, CredentialKind,
+    DeleteCredentialRequest, RotateCredentialRequest, SecretPayload,
+};
 use tokio::sync::Mutex;
 
 /// How a service proves itself to the credentials service.
@@ -45,18 +49,18 @@ pub enum ReadError {
     Token(String),
 }
 
-/// Reads credentials as a service principal.
+/// Reads and stores credentials as a service principal.
 #[derive(Debug)]
-pub struct CredentialReader {
+pub struct CredentialsClient {
     client: CredentialServiceClient<tonic::transport::Channel>,
     token: ServiceToken,
     minted: Mutex<HashMap<String, (SecretString, Instant)>>,
 }
 
-impl CredentialReader {
+impl CredentialsClient {
     /// A reader talking to the credentials service on `channel`.
     pub fn new(channel: tonic::transport::Channel, token: ServiceToken) -> Self {
-        CredentialReader {
+        CredentialsClient {
             client: CredentialServiceClient::new(channel),
             token,
             minted: Mutex::new(HashMap::new()),
@@ -87,30 +91,114 @@ impl CredentialReader {
         }
     }
 
-    /// The current material of `credential` (`credentials/{id}`) of `tenant`.
-    pub async fn read(&self, tenant: &str, credential: &str) -> Result<Vec<u8>, ReadError> {
+    async fn request<T>(&self, tenant: &str, message: T) -> Result<tonic::Request<T>, ReadError> {
         let bearer = self.bearer(tenant).await?;
-        let mut request = tonic::Request::new(AccessCredentialRequest {
-            name: credential.to_owned(),
-        });
+        let mut request = tonic::Request::new(message);
         let value = format!("Bearer {}", bearer.expose_secret())
             .parse()
             .map_err(|_| ReadError::Token("not a header value".into()))?;
         request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// The current material of `credential` (`credentials/{id}`) of `tenant`.
+    pub async fn read(&self, tenant: &str, credential: &str) -> Result<Vec<u8>, ReadError> {
+        let request = self
+            .request(
+                tenant,
+                AccessCredentialRequest {
+                    name: credential.to_owned(),
+                },
+            )
+            .await?;
         let response = self
             .client
             .clone()
             .access_credential(request)
             .await
-            .map_err(|status| ReadError::Service {
-                credential: credential.to_owned(),
-                code: status.code(),
-                message: status.message().to_owned(),
-            })?;
+            .map_err(|status| service_error(credential, &status))?;
         Ok(response
             .into_inner()
             .payload
             .map(|payload| payload.data)
             .unwrap_or_default())
+    }
+
+    /// Stores `material` as `credentials/{id}` of `tenant`: creates it, or adds a version if it
+    /// exists. Returns the credential's name.
+    pub async fn store(
+        &self,
+        tenant: &str,
+        id: &str,
+        kind: CredentialKind,
+        provider: &str,
+        material: Vec<u8>,
+    ) -> Result<String, ReadError> {
+        let name = format!("credentials/{id}");
+        let create = self
+            .request(
+                tenant,
+                CreateCredentialRequest {
+                    credential_id: id.to_owned(),
+                    credential: Some(Credential {
+                        kind: kind as i32,
+                        provider: provider.to_owned(),
+                        ..Default::default()
+                    }),
+                    payload: Some(SecretPayload {
+                        data: material.clone(),
+                    }),
+                    request_id: String::new(),
+                },
+            )
+            .await?;
+        match self.client.clone().create_credential(create).await {
+            Ok(_) => return Ok(name),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(status) => return Err(service_error(&name, &status)),
+        }
+        let rotate = self
+            .request(
+                tenant,
+                RotateCredentialRequest {
+                    name: name.clone(),
+                    payload: Some(SecretPayload { data: material }),
+                    request_id: String::new(),
+                },
+            )
+            .await?;
+        self.client
+            .clone()
+            .rotate_credential(rotate)
+            .await
+            .map_err(|status| service_error(&name, &status))?;
+        Ok(name)
+    }
+
+    /// Deletes `credential` of `tenant` (softly: the credentials service keeps it for its
+    /// recovery window). One already gone is not an error.
+    pub async fn delete(&self, tenant: &str, credential: &str) -> Result<(), ReadError> {
+        let request = self
+            .request(
+                tenant,
+                DeleteCredentialRequest {
+                    name: credential.to_owned(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match self.client.clone().delete_credential(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(status) => Err(service_error(credential, &status)),
+        }
+    }
+}
+
+fn service_error(credential: &str, status: &tonic::Status) -> ReadError {
+    ReadError::Service {
+        credential: credential.to_owned(),
+        code: status.code(),
+        message: status.message().to_owned(),
     }
 }

@@ -37,3 +37,11 @@ pub mod events {
         tonic::include_proto!("switchyard.events.v1");
     }
 }
+
+/// `switchyard.oauth.v1`: OAuth2 connections to outside platforms.
+pub mod oauth {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.oauth.v1");
+    }
+}

@@ -57,6 +57,9 @@ pub fn api_error(err: GatewayError) -> ApiError {
     match err {
         GatewayError::Invalid(violations) => ApiError::invalid_argument(violations),
         GatewayError::NotFound(name) => ApiError::not_found(&name),
+        GatewayError::Precondition { reason, message } => {
+            ApiError::new(tonic::Code::FailedPrecondition, reason, message)
+        }
         GatewayError::Unavailable(message) => {
             ApiError::new(tonic::Code::Unavailable, "SHUTTING_DOWN", message)
                 .with_retry_after(std::time::Duration::from_secs(1))

@@ -27,6 +27,12 @@ pub struct GatewayConfig {
     pub outbound_allow: Vec<String>,
     /// `[gateway.delivery]`: the outbound delivery worker.
     pub delivery: DeliveryConfig,
+    /// Switchyard's public URL, as users' browsers reach it: OAuth redirect URIs are
+    /// `{public_url}/oauth/{provider}/callback`.
+    pub public_url: String,
+    /// The key that signs OAuth states; every replica needs the same. Unset: derived from
+    /// `auth.hs256_secret`, or else random at start (one replica only).
+    pub oauth_state_key: Option<secrecy::SecretString>,
 }
 
 /// `[gateway.delivery]`.
@@ -70,6 +76,8 @@ impl Default for GatewayConfig {
             key_cache_ttl: Duration::from_secs(30),
             outbound_allow: Vec::new(),
             delivery: DeliveryConfig::default(),
+            public_url: "http://127.0.0.1:8080".to_owned(),
+            oauth_state_key: None,
         }
     }
 }
@@ -82,6 +90,15 @@ impl GatewayConfig {
                 "gateway.max_body_bytes",
                 "must be greater than 0",
             ));
+        }
+        match url::Url::parse(&self.public_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "gateway.public_url",
+                    "an http(s) URL such as https://switchyard.example.com",
+                ));
+            }
         }
         switchyard_kit::outbound::Guard::new(&self.outbound_allow)
             .map_err(|err| ConfigError::invalid("gateway.outbound_allow", err))?;

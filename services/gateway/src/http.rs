@@ -3,21 +3,70 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use switchyard_webhooks::{Answer, Inbound};
 
 use crate::domain::{Gateway, ReceiveError};
 
-/// The receiver's routes, accepting bodies up to `max_body_bytes` (413 beyond).
+/// The receiver's routes, accepting bodies up to `max_body_bytes` (413 beyond), and the OAuth
+/// callback.
 pub fn router(gateway: Gateway, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/hooks/{source}/{endpoint}", post(receive))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route("/oauth/{provider}/callback", get(oauth_callback))
         .with_state(gateway)
+}
+
+/// Where the provider sends the user back: the code becomes a connection. The answer is JSON
+/// for the page or program that opened the flow.
+async fn oauth_callback(
+    State(gateway): State<Gateway>,
+    Path(provider): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use crate::domain::oauth::CallbackError;
+    match gateway.oauth_callback(&provider, &query).await {
+        Ok(connection) => {
+            let connection = crate::oauth_api::connection_to_proto(&connection);
+            (
+                StatusCode::OK,
+                axum::Json(json!({
+                    "connection": connection.name,
+                    "account": connection.account_name,
+                    "granted_scopes": connection.granted_scopes,
+                })),
+            )
+                .into_response()
+        }
+        Err(err) => {
+            let status = match &err {
+                CallbackError::Denied(_) | CallbackError::State | CallbackError::Exchange(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                CallbackError::Internal(cause) => {
+                    tracing::error!(provider, error = %cause, "finishing an OAuth authorization failed");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            // What went wrong inside is in the log, not in the user's browser.
+            let message = match &err {
+                CallbackError::Internal(_) => {
+                    "the connection could not be stored; try again".to_owned()
+                }
+                other => other.to_string(),
+            };
+            (
+                status,
+                axum::Json(json!({ "error": { "message": message } })),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn receive(

@@ -8,11 +8,13 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod oauth_api;
 pub mod store;
 
 pub use api::{EventApi, SCOPES};
 pub use config::GatewayConfig;
 pub use domain::{Gateway, Outside};
+pub use oauth_api::OAuthApi;
 use switchyard_store::{Db, StoreError};
 
 /// The component name of this service's migrations and its PostgreSQL schema.

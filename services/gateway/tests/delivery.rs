@@ -122,6 +122,7 @@ async fn gateway(db: Db) -> Gateway {
                 reqwest::Client::new(),
             )),
             delivery: Arc::new(HttpsDelivery::new(guard).expect("client")),
+            oauth: None,
         },
         CancellationToken::new(),
     )
@@ -380,6 +381,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
             delivery: Arc::new(
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
+            oauth: None,
         },
         CancellationToken::new(),
     )
@@ -426,6 +428,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
                 )
                 .expect("client"),
             ),
+            oauth: None,
         },
         CancellationToken::new(),
     )

@@ -93,6 +93,7 @@ async fn setup(key_cache_ttl: Duration) -> Setup {
             delivery: Arc::new(
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
+            oauth: None,
         },
         tokio_util::sync::CancellationToken::new(),
     )

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use switchyard_ai::{AiApi, AiConfig};
 use switchyard_auth::{AuthConfig, Authorizer, ScopeTable, Verifier};
 use switchyard_credentials::{CredentialApi, CredentialsConfig};
-use switchyard_credentials_client::{CredentialReader, ServiceToken};
+use switchyard_credentials_client::{CredentialsClient, ServiceToken};
 use switchyard_gateway::{EventApi, GatewayConfig};
 use switchyard_kit::config::{ConfigError, ServerConfig};
 use switchyard_kit::grpc::{Host, ReadinessCheck};
@@ -165,12 +165,15 @@ impl ServiceName {
         }
     }
 
-    /// The service's scope table.
-    pub fn scopes(self) -> ScopeTable {
+    /// The scope tables of the service's gRPC services.
+    pub fn scopes(self) -> &'static [ScopeTable] {
         match self {
-            ServiceName::Credentials => switchyard_credentials::SCOPES,
-            ServiceName::Ai => switchyard_ai::SCOPES,
-            ServiceName::Gateway => switchyard_gateway::SCOPES,
+            ServiceName::Credentials => &[switchyard_credentials::SCOPES],
+            ServiceName::Ai => &[switchyard_ai::SCOPES],
+            ServiceName::Gateway => &[
+                switchyard_gateway::SCOPES,
+                switchyard_gateway::oauth_api::SCOPES,
+            ],
         }
     }
 }
@@ -327,7 +330,8 @@ fn credential_reader(
     url: Option<&String>,
     token: Option<&SecretString>,
     subject: &str,
-) -> anyhow::Result<Option<CredentialReader>> {
+    scopes: &[&str],
+) -> anyhow::Result<Option<CredentialsClient>> {
     let url = match url {
         Some(url) => url.clone(),
         None => {
@@ -349,7 +353,7 @@ fn credential_reader(
                 subject: subject.to_owned(),
                 tenant: String::new(),
                 tenant_claim: config.auth.tenant_claim.clone(),
-                scopes: vec![switchyard_credentials::scopes::ACCESS.to_owned()],
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 ttl: std::time::Duration::from_secs(3600),
             },
         },
@@ -358,7 +362,7 @@ fn credential_reader(
     let channel = tonic::transport::Channel::from_shared(url.clone())
         .with_context(|| format!("credentials URL {url:?} is not a URL"))?
         .connect_lazy();
-    Ok(Some(CredentialReader::new(channel, token)))
+    Ok(Some(CredentialsClient::new(channel, token)))
 }
 
 /// Where the AI service gets its providers' keys: the credentials service (this process unless
@@ -374,6 +378,7 @@ fn ai_keys(
         config.ai.credentials_url.as_ref(),
         config.ai.credentials_token.as_ref(),
         "service:ai",
+        &[switchyard_credentials::scopes::ACCESS],
     )?;
     match reader {
         Some(reader) => Ok(Arc::new(CredentialServiceKeys::new(
@@ -404,6 +409,11 @@ fn gateway_outside(
         config.gateway.credentials_url.as_ref(),
         config.gateway.credentials_token.as_ref(),
         "service:gateway",
+        // Endpoint keys and client secrets are read; connections' token sets are written.
+        &[
+            switchyard_credentials::scopes::ACCESS,
+            switchyard_credentials::scopes::WRITE,
+        ],
     )?
     .context(
         "gateway: set gateway.credentials_token: there is no auth.hs256_secret to mint one with",
@@ -419,12 +429,52 @@ fn gateway_outside(
         .map_err(|err| anyhow::anyhow!("gateway.outbound_allow: {err}"))?;
     let delivery = switchyard_gateway::domain::delivery::HttpsDelivery::new(guard)
         .context("building the webhook delivery client")?;
+    let credentials = Arc::new(reader);
+    let oauth_http = guard_client(&config.gateway.outbound_allow)?;
+    let oauth = switchyard_gateway::domain::oauth::OAuthOutside {
+        client: switchyard_oauth::Client::new(oauth_http),
+        vault: credentials.clone(),
+        state_key: oauth_state_key(config),
+        public_url: url::Url::parse(&config.gateway.public_url)
+            .context("gateway.public_url is not a URL")?,
+    };
     Ok(switchyard_gateway::Outside {
-        keys: Arc::new(reader),
+        keys: credentials,
         certificates: Arc::new(switchyard_webhooks::HttpsCertificates::new(http.clone())),
         confirmer: Arc::new(switchyard_gateway::domain::HttpsConfirmer(http)),
         delivery: Arc::new(delivery),
+        oauth: Some(oauth),
     })
+}
+
+/// A client behind the SSRF guard: providers' base URLs (a self-managed GitLab) are the users'.
+fn guard_client(allow: &[String]) -> anyhow::Result<reqwest::Client> {
+    switchyard_kit::outbound::Guard::new(allow)
+        .map_err(|err| anyhow::anyhow!("gateway.outbound_allow: {err}"))?
+        .client(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+        .context("building the OAuth client")
+}
+
+/// The key that signs OAuth states: configured, or derived from the installation's HS256 key
+/// (so that every replica has the same), or else random (one replica only).
+fn oauth_state_key(config: &Config) -> SecretString {
+    use hmac::Mac;
+    if let Some(key) = &config.gateway.oauth_state_key {
+        return key.clone();
+    }
+    if let Some(secret) = &config.auth.hs256_secret
+        && let Ok(mut mac) =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+    {
+        mac.update(b"switchyard oauth state key");
+        return SecretString::from(hex::encode(mac.finalize().into_bytes()));
+    }
+    tracing::warn!(
+        "gateway.oauth_state_key is unset and there is no auth.hs256_secret: OAuth states are signed with a random key, valid in this process only"
+    );
+    let mut key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut key);
+    SecretString::from(hex::encode(key))
 }
 
 /// Serves `services` on the given listeners until `shutdown` is cancelled, then drains.
@@ -440,7 +490,10 @@ pub async fn run(
         bail!("no service to serve");
     }
     let verifier = Verifier::new(&config.auth).context("building the token verifier")?;
-    let tables: Vec<ScopeTable> = services.iter().map(|s| s.scopes()).collect();
+    let tables: Vec<ScopeTable> = services
+        .iter()
+        .flat_map(|s| s.scopes().iter().copied())
+        .collect();
     let authorizer: Arc<dyn switchyard_kit::Authenticator> = Arc::new(Authorizer::new(
         Arc::new(verifier),
         &tables,
@@ -523,6 +576,10 @@ pub async fn run(
                 .context("migrating the gateway database")?;
                 host.add_service(
                     EventApi::new(gateway.clone()).into_server(config.server.max_message_bytes),
+                );
+                host.add_service(
+                    switchyard_gateway::OAuthApi::new(gateway.clone())
+                        .into_server(config.server.max_message_bytes),
                 );
                 host.merge_http(switchyard_gateway::http::router(
                     gateway.clone(),

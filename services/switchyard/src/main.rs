@@ -300,12 +300,8 @@ async fn bind(
 fn all_scopes() -> Vec<String> {
     ServiceName::ALL
         .iter()
-        .flat_map(|s| {
-            s.scopes()
-                .methods
-                .iter()
-                .map(|(_, scope)| (*scope).to_owned())
-        })
+        .flat_map(|s| s.scopes().iter())
+        .flat_map(|table| table.methods.iter().map(|(_, scope)| (*scope).to_owned()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()

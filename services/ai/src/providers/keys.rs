@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use secrecy::SecretString;
-use switchyard_credentials_client::CredentialReader;
+use switchyard_credentials_client::CredentialsClient;
 use tokio::sync::Mutex;
 
 use super::ProviderError;
@@ -83,17 +83,17 @@ impl<S: KeySource> KeySource for CachedKeys<S> {
     }
 }
 
-/// Keys read from the credentials service (see [`CredentialReader`]) in one tenant: the one
+/// Keys read from the credentials service (see [`CredentialsClient`]) in one tenant: the one
 /// whose credentials hold the providers' keys.
 #[derive(Debug)]
 pub struct CredentialServiceKeys {
-    reader: CredentialReader,
+    reader: CredentialsClient,
     tenant: String,
 }
 
 impl CredentialServiceKeys {
     /// Keys of `tenant`, read with `reader`.
-    pub fn new(reader: CredentialReader, tenant: String) -> Self {
+    pub fn new(reader: CredentialsClient, tenant: String) -> Self {
         CredentialServiceKeys { reader, tenant }
     }
 }

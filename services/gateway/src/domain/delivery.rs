@@ -751,7 +751,19 @@ impl Gateway {
         Ok(delivery)
     }
 
-    fn switchyard_event(
+    /// Commits one of Switchyard's own events with its deliveries.
+    pub(crate) async fn record_event(&self, event: &Event) -> Result<(), GatewayError> {
+        let mut tx = self.inner.db.begin().await?;
+        store::insert_event(&mut tx, event).await?;
+        let deliveries = fan_out(&mut tx, event).await?;
+        tx.commit().await?;
+        if deliveries > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn switchyard_event(
         &self,
         tenant: &str,
         event_type: &str,

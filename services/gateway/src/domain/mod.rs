@@ -3,6 +3,7 @@
 //! call [`Gateway`].
 
 pub mod delivery;
+pub mod oauth;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -163,6 +164,15 @@ pub enum GatewayError {
     /// No such resource for this tenant.
     #[error("{0} not found")]
     NotFound(String),
+    /// The resource is not in a state that allows the call (a connection needing
+    /// re-authorization, a scope not granted).
+    #[error("{message}")]
+    Precondition {
+        /// The ErrorInfo reason, UPPER_SNAKE_CASE.
+        reason: &'static str,
+        /// For people.
+        message: String,
+    },
     /// The server is stopping; the caller should retry elsewhere (streams: with their cursor).
     #[error("{0}")]
     Unavailable(String),
@@ -221,7 +231,7 @@ pub trait EndpointKeys: Send + Sync + std::fmt::Debug {
 }
 
 #[async_trait]
-impl EndpointKeys for switchyard_credentials_client::CredentialReader {
+impl EndpointKeys for switchyard_credentials_client::CredentialsClient {
     async fn key(&self, tenant: &str, credential: &str) -> Result<SecretString, String> {
         let material = self
             .read(tenant, credential)
@@ -273,6 +283,8 @@ pub struct Outside {
     pub confirmer: Arc<dyn SubscriptionConfirmer>,
     /// Outbound deliveries.
     pub delivery: Arc<dyn delivery::DeliveryClient>,
+    /// OAuth connections; `None` where they are not configured.
+    pub oauth: Option<oauth::OAuthOutside>,
 }
 
 /// The gateway's domain.
@@ -293,6 +305,8 @@ struct Inner {
     wake: tokio::sync::Notify,
     /// Ends event streams.
     shutdown: tokio_util::sync::CancellationToken,
+    oauth: Option<oauth::OAuthOutside>,
+    refresh_locks: oauth::RefreshLocks,
     key_cache_ttl: Duration,
     key_cache: Mutex<HashMap<(String, String), (SecretString, Instant)>>,
 }
@@ -332,6 +346,8 @@ impl Gateway {
                 delivery_config: config.delivery.clone(),
                 wake: tokio::sync::Notify::new(),
                 shutdown,
+                oauth: outside.oauth,
+                refresh_locks: oauth::RefreshLocks::default(),
                 key_cache_ttl: config.key_cache_ttl,
                 key_cache: Mutex::new(HashMap::new()),
             }),

@@ -1,6 +1,7 @@
 //! The gateway's tables: inbound endpoints and the event log; [`delivery`] the outbound side.
 
 pub mod delivery;
+pub mod oauth;
 
 use std::time::Duration;
 
@@ -93,6 +94,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "subscriptions, deliveries and attempts",
         postgres: delivery::MIGRATION,
         sqlite: delivery::MIGRATION,
+    },
+    Migration {
+        version: 4,
+        name: "oauth clients, states and connections",
+        postgres: oauth::MIGRATION,
+        sqlite: oauth::MIGRATION,
     },
 ];
 
