@@ -33,6 +33,12 @@ pub struct GatewayConfig {
     /// The key that signs OAuth states; every replica needs the same. Unset: derived from
     /// `auth.hs256_secret`, or else random at start (one replica only).
     pub oauth_state_key: Option<secrecy::SecretString>,
+    /// How often connections are looked at for a refresh ahead of expiry.
+    #[serde(with = "humantime_serde")]
+    pub oauth_refresh_interval: Duration,
+    /// Connections whose token expires within this are refreshed ahead.
+    #[serde(with = "humantime_serde")]
+    pub oauth_refresh_ahead: Duration,
 }
 
 /// `[gateway.delivery]`.
@@ -78,6 +84,8 @@ impl Default for GatewayConfig {
             delivery: DeliveryConfig::default(),
             public_url: "http://127.0.0.1:8080".to_owned(),
             oauth_state_key: None,
+            oauth_refresh_interval: Duration::from_secs(30),
+            oauth_refresh_ahead: Duration::from_secs(5 * 60),
         }
     }
 }

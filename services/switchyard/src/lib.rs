@@ -586,6 +586,14 @@ pub async fn run(
                     config.gateway.max_body_bytes,
                 ));
                 host.add_readiness_check("gateway.database", Arc::new(DbReady(db)));
+                jobs.push(tokio::spawn(
+                    switchyard_gateway::domain::oauth::run_refresher(
+                        gateway.clone(),
+                        config.gateway.oauth_refresh_interval,
+                        config.gateway.oauth_refresh_ahead,
+                        background.clone(),
+                    ),
+                ));
                 jobs.push(tokio::spawn(switchyard_gateway::domain::delivery::run(
                     gateway,
                     background.clone(),

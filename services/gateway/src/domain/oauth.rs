@@ -21,6 +21,10 @@ use crate::store::oauth as db;
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 /// A token that expires sooner than this is refreshed before it is handed out.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How long a replica may hold a connection's refresh (longer than the token call's timeout).
+const REFRESH_LEASE: Duration = Duration::from_secs(30);
+/// How many times a caller looks, 200 ms apart, for another replica's refresh to finish.
+const REFRESH_WAIT_ROUNDS: usize = 100;
 
 /// A tenant's client registered with a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,7 +570,81 @@ impl Gateway {
             }
             return Ok((tokens.access_token, connection));
         };
-        self.refresh(connection, &refresh_token).await
+        self.refresh_leased(connection, &refresh_token).await
+    }
+
+    /// Refreshes under the connection's refresh lease, so that one replica refreshes at a time
+    /// (a rotated refresh token used twice would be an invalid grant). A caller that finds the
+    /// lease taken waits for the other replica's refresh and takes its result.
+    async fn refresh_leased(
+        &self,
+        connection: Connection,
+        refresh_token: &SecretString,
+    ) -> Result<(SecretString, Connection), GatewayError> {
+        let now = switchyard_store::now_micros();
+        let until = now + i64::try_from(REFRESH_LEASE.as_micros()).unwrap_or(i64::MAX);
+        if db::claim_refresh(&self.inner.db, &connection.id, now, until).await? {
+            let id = connection.id.clone();
+            let refreshed = self.refresh(connection, refresh_token).await;
+            db::release_refresh(&self.inner.db, &id).await?;
+            return refreshed;
+        }
+        let name = format!("connections/{}", connection.id);
+        for _ in 0..REFRESH_WAIT_ROUNDS {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let current = self.get_connection(&connection.tenant, &name).await?;
+            if current.state == ConnectionState::NeedsReauth {
+                return Err(GatewayError::Precondition {
+                    reason: "NEEDS_REAUTH",
+                    message: format!(
+                        "{name} must be authorized again: the provider refused its grant"
+                    ),
+                });
+            }
+            if current.update_time != connection.update_time {
+                let tokens = self.tokens_of(&current).await?;
+                return Ok((tokens.access_token, current));
+            }
+        }
+        Err(GatewayError::Unavailable(format!(
+            "{name} is being refreshed elsewhere; retry"
+        )))
+    }
+
+    /// Refreshes the active connections whose tokens expire within `ahead`, of every tenant;
+    /// returns how many were refreshed. Replicas share the work through the refresh leases.
+    pub async fn refresh_due(&self, ahead: Duration) -> Result<usize, GatewayError> {
+        if self.inner.oauth.is_none() {
+            return Ok(0);
+        }
+        let before =
+            switchyard_store::now_micros() + i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
+        let due = db::expiring_connections(&self.inner.db, before, 100).await?;
+        let mut refreshed = 0;
+        for connection in due {
+            let now = switchyard_store::now_micros();
+            let until = now + i64::try_from(REFRESH_LEASE.as_micros()).unwrap_or(i64::MAX);
+            if !db::claim_refresh(&self.inner.db, &connection.id, now, until).await? {
+                continue;
+            }
+            let id = connection.id.clone();
+            let outcome = match self.tokens_of(&connection).await {
+                Ok(TokenSet {
+                    refresh_token: Some(refresh_token),
+                    ..
+                }) => self.refresh(connection, &refresh_token).await.map(|_| 1),
+                Ok(_) => Ok(0),
+                Err(err) => Err(err),
+            };
+            db::release_refresh(&self.inner.db, &id).await?;
+            match outcome {
+                Ok(count) => refreshed += count,
+                Err(err) => {
+                    tracing::warn!(connection = %id, error = %err, "refreshing a connection ahead of expiry failed");
+                }
+            }
+        }
+        Ok(refreshed)
     }
 
     async fn refresh(
@@ -646,6 +724,24 @@ impl Gateway {
                 reason: "REFRESH_REFUSED",
                 message: err.to_string(),
             }),
+        }
+    }
+}
+
+/// Refreshes connections ahead of expiry every `interval` until `shutdown`.
+pub async fn run_refresher(
+    gateway: Gateway,
+    interval: Duration,
+    ahead: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Err(err) = gateway.refresh_due(ahead).await {
+            tracing::error!(error = %err, "looking for connections to refresh failed");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -101,6 +101,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: oauth::MIGRATION,
         sqlite: oauth::MIGRATION,
     },
+    Migration {
+        version: 5,
+        name: "connection refresh leases",
+        postgres: oauth::REFRESH_LEASES,
+        sqlite: oauth::REFRESH_LEASES,
+    },
 ];
 
 fn optional(text: Option<&str>) -> Value {

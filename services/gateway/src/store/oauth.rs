@@ -42,6 +42,12 @@ pub(super) const MIGRATION: &str = "
     );
 ";
 
+/// Who is refreshing a connection, and until when: one replica at a time.
+pub(super) const REFRESH_LEASES: &str = "
+    ALTER TABLE connections ADD COLUMN refresh_lease_until BIGINT;
+    CREATE INDEX connections_by_expiry ON connections (state, expire_time);
+";
+
 fn decode(column: usize, what: &str) -> StoreError {
     StoreError::Decode {
         column,
@@ -322,4 +328,50 @@ pub(crate) async fn delete_connection(db: &Db, tenant: &str, id: &str) -> Result
         )
         .await?
         > 0)
+}
+
+/// Claims the right to refresh connection `id` until `until`; false if another holds it.
+pub(crate) async fn claim_refresh(
+    db: &Db,
+    id: &str,
+    now: i64,
+    until: i64,
+) -> Result<bool, StoreError> {
+    Ok(db
+        .execute(
+            "UPDATE connections SET refresh_lease_until = $1 WHERE id = $2 \
+             AND (refresh_lease_until IS NULL OR refresh_lease_until < $3)",
+            &[until.into(), id.into(), now.into()],
+        )
+        .await?
+        == 1)
+}
+
+/// Gives the refresh of connection `id` up.
+pub(crate) async fn release_refresh(db: &Db, id: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE connections SET refresh_lease_until = NULL WHERE id = $1",
+        &[id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Active connections, of every tenant, whose token expires before `before`, soonest first.
+pub(crate) async fn expiring_connections(
+    db: &Db,
+    before: i64,
+    limit: usize,
+) -> Result<Vec<Connection>, StoreError> {
+    db.query(
+        &format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE state = 'active' \
+             AND expire_time IS NOT NULL AND expire_time < $1 ORDER BY expire_time LIMIT $2"
+        ),
+        &[before.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(connection_from)
+    .collect()
 }
