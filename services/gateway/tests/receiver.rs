@@ -107,6 +107,31 @@ async fn setup(key_cache_ttl: Duration) -> Setup {
     }
 }
 
+/// A Jenkins endpoint of acme whose token is `tok`.
+async fn jenkins_endpoint(setup: &Setup) -> switchyard_gateway::domain::Endpoint {
+    setup
+        .keys
+        .0
+        .lock()
+        .expect("lock")
+        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    setup
+        .gateway
+        .create_endpoint(
+            "acme",
+            NewEndpoint {
+                source: Some(Source::Jenkins),
+                credential: "credentials/jenkins".into(),
+                display_name: String::new(),
+                tolerance: None,
+                sns_topic_arn: String::new(),
+                request_id: None,
+            },
+        )
+        .await
+        .expect("endpoint")
+}
+
 fn inbound<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Inbound<'a> {
     Inbound {
         headers,
@@ -241,27 +266,7 @@ async fn discord_ping_is_answered_pong_and_a_rotated_key_is_picked_up() {
 #[tokio::test]
 async fn a_page_of_events_stays_within_the_byte_budget() {
     let setup = setup(Duration::from_secs(30)).await;
-    let endpoint = setup
-        .gateway
-        .create_endpoint(
-            "acme",
-            NewEndpoint {
-                source: Some(Source::Jenkins),
-                credential: "credentials/jenkins".into(),
-                display_name: String::new(),
-                tolerance: None,
-                sns_topic_arn: String::new(),
-                request_id: None,
-            },
-        )
-        .await
-        .expect("endpoint");
-    setup
-        .keys
-        .0
-        .lock()
-        .expect("lock")
-        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let endpoint = jenkins_endpoint(&setup).await;
     let mut headers = HeaderMap::new();
     headers.insert("authorization", "Bearer tok".parse().expect("header"));
     for n in 0..5 {
@@ -303,27 +308,7 @@ async fn an_event_stream_resumes_from_its_cursor_and_filters() {
     use switchyard_gateway::domain::stream::StreamSpec;
 
     let setup = setup(Duration::from_secs(30)).await;
-    let endpoint = setup
-        .gateway
-        .create_endpoint(
-            "acme",
-            NewEndpoint {
-                source: Some(Source::Jenkins),
-                credential: "credentials/jenkins".into(),
-                display_name: String::new(),
-                tolerance: None,
-                sns_topic_arn: String::new(),
-                request_id: None,
-            },
-        )
-        .await
-        .expect("endpoint");
-    setup
-        .keys
-        .0
-        .lock()
-        .expect("lock")
-        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let endpoint = jenkins_endpoint(&setup).await;
     let from_the_start = StreamSpec {
         start_time: Some(0),
         ..StreamSpec::default()
@@ -431,27 +416,7 @@ async fn an_event_stream_resumes_from_its_cursor_and_filters() {
 #[tokio::test]
 async fn the_event_log_is_searched_with_cel() {
     let setup = setup(Duration::from_secs(30)).await;
-    let endpoint = setup
-        .gateway
-        .create_endpoint(
-            "acme",
-            NewEndpoint {
-                source: Some(Source::Jenkins),
-                credential: "credentials/jenkins".into(),
-                display_name: String::new(),
-                tolerance: None,
-                sns_topic_arn: String::new(),
-                request_id: None,
-            },
-        )
-        .await
-        .expect("endpoint");
-    setup
-        .keys
-        .0
-        .lock()
-        .expect("lock")
-        .insert(("acme".into(), "credentials/jenkins".into()), "tok".into());
+    let endpoint = jenkins_endpoint(&setup).await;
     let mut headers = HeaderMap::new();
     headers.insert("authorization", "Bearer tok".parse().expect("header"));
     for n in 1..=6 {

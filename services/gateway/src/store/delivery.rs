@@ -208,20 +208,20 @@ pub(crate) async fn list_subscriptions(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Subscription>, StoreError> {
-    let mut params = Params::default();
-    let mut sql = format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant = {} AND delete_time IS NULL",
-        params.bind(tenant)
-    );
-    if let Some(after) = after {
-        sql += &format!(" AND id > {}", params.bind(after));
-    }
-    sql += &format!(" ORDER BY id LIMIT {}", params.bind(limit as i64));
-    db.query(&sql, &params.0)
-        .await?
-        .iter()
-        .map(subscription_from)
-        .collect()
+    let condition = " AND delete_time IS NULL";
+    super::rows_by_id(
+        db,
+        SUBSCRIPTION_COLUMNS,
+        "subscriptions",
+        condition,
+        tenant,
+        after,
+        limit,
+    )
+    .await?
+    .iter()
+    .map(subscription_from)
+    .collect()
 }
 
 /// Marks a subscription deleted; its pending deliveries go to the dead-letter queue.

@@ -200,26 +200,49 @@ pub(crate) async fn endpoint(db: &Db, id: &str) -> Result<Option<Endpoint>, Stor
     .transpose()
 }
 
-pub(crate) async fn list_endpoints(
+/// The rows of `tenant` in `table`, in id order after `after`, that meet `condition`: the
+/// keyset page every List of this service reads.
+pub(crate) async fn rows_by_id(
     db: &Db,
+    columns: &str,
+    table: &str,
+    condition: &str,
     tenant: &str,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<Endpoint>, StoreError> {
+) -> Result<Vec<Row>, StoreError> {
     let mut params = Params::default();
     let mut sql = format!(
-        "SELECT {ENDPOINT_COLUMNS} FROM inbound_endpoints WHERE tenant = {} AND delete_time IS NULL",
+        "SELECT {columns} FROM {table} WHERE tenant = {}{condition}",
         params.bind(tenant)
     );
     if let Some(after) = after {
         sql += &format!(" AND id > {}", params.bind(after));
     }
     sql += &format!(" ORDER BY id LIMIT {}", params.bind(limit as i64));
-    db.query(&sql, &params.0)
-        .await?
-        .iter()
-        .map(endpoint_from)
-        .collect()
+    db.query(&sql, &params.0).await
+}
+
+pub(crate) async fn list_endpoints(
+    db: &Db,
+    tenant: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Endpoint>, StoreError> {
+    let condition = " AND delete_time IS NULL";
+    rows_by_id(
+        db,
+        ENDPOINT_COLUMNS,
+        "inbound_endpoints",
+        condition,
+        tenant,
+        after,
+        limit,
+    )
+    .await?
+    .iter()
+    .map(endpoint_from)
+    .collect()
 }
 
 pub(crate) async fn delete_endpoint(db: &Db, tenant: &str, id: &str) -> Result<bool, StoreError> {

@@ -1,7 +1,7 @@
 //! OAuth clients, pending authorizations (states) and connections.
 
 use switchyard_oauth::Provider;
-use switchyard_store::{Db, Params, Row, StoreError, Value};
+use switchyard_store::{Db, Row, StoreError, Value};
 
 use crate::domain::oauth::{Connection, ConnectionState, OAuthClient};
 
@@ -304,20 +304,19 @@ pub(crate) async fn list_connections(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Connection>, StoreError> {
-    let mut params = Params::default();
-    let mut sql = format!(
-        "SELECT {CONNECTION_COLUMNS} FROM connections WHERE tenant = {}",
-        params.bind(tenant)
-    );
-    if let Some(after) = after {
-        sql += &format!(" AND id > {}", params.bind(after));
-    }
-    sql += &format!(" ORDER BY id LIMIT {}", params.bind(limit as i64));
-    db.query(&sql, &params.0)
-        .await?
-        .iter()
-        .map(connection_from)
-        .collect()
+    super::rows_by_id(
+        db,
+        CONNECTION_COLUMNS,
+        "connections",
+        "",
+        tenant,
+        after,
+        limit,
+    )
+    .await?
+    .iter()
+    .map(connection_from)
+    .collect()
 }
 
 pub(crate) async fn delete_connection(db: &Db, tenant: &str, id: &str) -> Result<bool, StoreError> {
