@@ -694,3 +694,91 @@ mod oauth {
         server.stop().await;
     }
 }
+
+mod sso {
+    use super::*;
+    use switchyard_testkit::fake_oauth::FakeOAuth;
+
+    const PUBLIC_URL: &str = "https://switchyard.example";
+
+    #[tokio::test]
+    async fn an_oidc_login_issues_a_switchyard_token_for_the_users_tenant_and_roles() {
+        let fake = FakeOAuth::start(
+            "switchyard",
+            "sso-secret",
+            "https://switchyard.example/sso/callback",
+        )
+        .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = config(Backend::Sqlite, dir.path());
+        config.gateway.outbound_allow = vec!["127.0.0.0/8".into()];
+        config.gateway.public_url = PUBLIC_URL.into();
+        config.gateway.sso = Some(
+            toml::from_str(&format!(
+                r#"
+                issuer = "{}"
+                client_id = "switchyard"
+                client_secret = "sso-secret"
+                [role_scopes]
+                platform-admins = ["events.read", "credentials.read"]
+                "#,
+                fake.base_url()
+            ))
+            .expect("sso config"),
+        );
+        let server = TestServer::start(config).await;
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let login = browser
+            .get(format!("http://{}/sso/login", server.http))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 303);
+        let to_provider = login.headers()["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        assert!(to_provider.contains("nonce="));
+        let back = browser.get(&to_provider).send().await.expect("provider");
+        let callback = back.headers()["location"].to_str().expect("location");
+        let path = callback
+            .strip_prefix(PUBLIC_URL)
+            .expect("back to Switchyard");
+        let answer = browser
+            .get(format!("http://{}{path}", server.http))
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(answer.status(), 200);
+        let answer: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(answer["tenant"], "acme");
+        assert_eq!(answer["subject"], "sso:octocat@example.com");
+        let token = answer["token"].as_str().expect("token").to_owned();
+
+        // The token works, with the scopes the user's group maps to, and no others.
+        let listed = EventServiceClient::new(server.channel().await)
+            .list_events(with_token(pb::ListEventsRequest::default(), &token))
+            .await;
+        assert!(listed.is_ok(), "{listed:?}");
+        let denied = EventServiceClient::new(server.channel().await)
+            .create_inbound_endpoint(with_token(
+                pb::CreateInboundEndpointRequest::default(),
+                &token,
+            ))
+            .await
+            .expect_err("events.write is not granted");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+        // The same callback again: the state was used.
+        let again = browser
+            .get(format!("http://{}{path}", server.http))
+            .send()
+            .await
+            .expect("callback again");
+        assert_eq!(again.status(), 400);
+        server.stop().await;
+    }
+}

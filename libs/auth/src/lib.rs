@@ -9,15 +9,18 @@
 //! - Each service declares the scope of each of its methods in one [`ScopeTable`];
 //!   [`Authorizer`] puts them together and implements [`switchyard_kit::Authenticator`], which the
 //!   gRPC host and the HTTP edge both call.
-//! - [`mint`] signs development tokens (`switchyard token`).
+//! - [`mint`] signs development tokens (`switchyard token`), and the tokens of SSO logins.
+//! - [`IdTokenVerifier`] checks OpenID Connect ID tokens against an issuer's JWKS and a nonce.
 
 mod authorizer;
 mod config;
 mod jwks;
+mod oidc;
 mod principal;
 mod verifier;
 
 pub use authorizer::{Authorizer, PUBLIC_SERVICES, ScopeTable};
 pub use config::AuthConfig;
+pub use oidc::IdTokenVerifier;
 pub use principal::{Principal, principal};
 pub use verifier::{AuthError, TokenRequest, Verifier, mint};

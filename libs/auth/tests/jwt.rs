@@ -440,3 +440,58 @@ async fn authorizer_requires_token_and_scope_and_sets_principal() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn id_tokens_need_the_issuer_the_client_and_the_nonce() {
+    use switchyard_auth::IdTokenVerifier;
+    switchyard_kit::tls::install_crypto_provider();
+    let server = start_jwks(all_jwks()).await;
+    let verifier = IdTokenVerifier::new(
+        "https://idp.example",
+        "switchyard",
+        &server.url,
+        reqwest::Client::new(),
+    );
+    let id_token = |overrides: serde_json::Value| {
+        let mut claims = json!({
+            "iss": "https://idp.example", "aud": "switchyard", "sub": "u-1",
+            "exp": now() + 300, "iat": now(), "nonce": "n-1",
+        });
+        for (key, value) in overrides.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        signed(Algorithm::ES256, "ec-1", &claims)
+    };
+    let claims = verifier.verify(&id_token(json!({})), "n-1").await.unwrap();
+    assert_eq!(claims["sub"], "u-1");
+    for (overrides, nonce, expected) in [
+        (json!({}), "n-2", AuthError::Claim("nonce".into())),
+        (
+            json!({"nonce": null}),
+            "n-1",
+            AuthError::Claim("nonce".into()),
+        ),
+        (json!({"aud": "someone-else"}), "n-1", AuthError::Audience),
+        (
+            json!({"iss": "https://evil.example"}),
+            "n-1",
+            AuthError::Issuer,
+        ),
+        (json!({"exp": now() - 3600}), "n-1", AuthError::Expired),
+    ] {
+        assert_eq!(
+            verifier.verify(&id_token(overrides.clone()), nonce).await,
+            Err(expected),
+            "{overrides}"
+        );
+    }
+    // An HMAC-signed ID token is never accepted, whatever its key.
+    assert!(matches!(
+        verifier.verify(&hs_token(&claims_of_idp()), "n-1").await,
+        Err(AuthError::Algorithm(_))
+    ));
+}
+
+fn claims_of_idp() -> serde_json::Value {
+    json!({"iss": "https://idp.example", "aud": "switchyard", "sub": "u-1", "exp": now() + 300, "nonce": "n-1"})
+}

@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     /// Connections whose token expires within this are refreshed ahead.
     #[serde(with = "humantime_serde")]
     pub oauth_refresh_ahead: Duration,
+    /// `[gateway.sso]`: OpenID Connect login; unset: none.
+    pub sso: Option<crate::domain::sso::SsoConfig>,
 }
 
 /// `[gateway.delivery]`.
@@ -86,6 +88,7 @@ impl Default for GatewayConfig {
             oauth_state_key: None,
             oauth_refresh_interval: Duration::from_secs(30),
             oauth_refresh_ahead: Duration::from_secs(5 * 60),
+            sso: None,
         }
     }
 }

@@ -19,7 +19,48 @@ pub fn router(gateway: Gateway, max_body_bytes: usize) -> Router {
         .route("/hooks/{source}/{endpoint}", post(receive))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .route("/oauth/{provider}/callback", get(oauth_callback))
+        .route("/sso/login", get(sso_login))
+        .route("/sso/callback", get(sso_callback))
         .with_state(gateway)
+}
+
+/// Sends the browser to the organisation's identity provider.
+async fn sso_login(State(gateway): State<Gateway>) -> Response {
+    match gateway.sso_login().await {
+        Ok(url) => axum::response::Redirect::to(url.as_str()).into_response(),
+        Err(err) => sso_error(err),
+    }
+}
+
+/// Back from the identity provider: a Switchyard token for the user's tenant and roles.
+async fn sso_callback(
+    State(gateway): State<Gateway>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use secrecy::ExposeSecret;
+    match gateway.sso_callback(&query).await {
+        Ok(login) => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "token": login.token.expose_secret(),
+                "token_type": "Bearer",
+                "expires_in": login.expires_in.as_secs(),
+                "tenant": login.tenant,
+                "subject": login.subject,
+                "scopes": login.scopes,
+            })),
+        )
+            .into_response(),
+        Err(err) => sso_error(err),
+    }
+}
+
+fn sso_error(err: crate::domain::GatewayError) -> Response {
+    let api = crate::api::api_error(err);
+    if api.http_status().is_server_error() {
+        tracing::warn!(error = api.message(), "single sign-on failed");
+    }
+    (api.http_status(), axum::Json(api.to_json())).into_response()
 }
 
 /// Where the provider sends the user back: the code becomes a connection. The answer is JSON

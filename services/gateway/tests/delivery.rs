@@ -123,6 +123,7 @@ async fn gateway(db: Db) -> Gateway {
             )),
             delivery: Arc::new(HttpsDelivery::new(guard).expect("client")),
             oauth: None,
+            sso: None,
         },
         CancellationToken::new(),
     )
@@ -382,6 +383,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
             oauth: None,
+            sso: None,
         },
         CancellationToken::new(),
     )
@@ -429,6 +431,7 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
                 .expect("client"),
             ),
             oauth: None,
+            sso: None,
         },
         CancellationToken::new(),
     )

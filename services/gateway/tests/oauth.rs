@@ -94,6 +94,7 @@ async fn replica(db: Db, vault: Arc<Vault>) -> Gateway {
                 state_key: SecretString::from("a shared state key"),
                 public_url: Url::parse(PUBLIC_URL).expect("url"),
             }),
+            sso: None,
         },
         CancellationToken::new(),
     )

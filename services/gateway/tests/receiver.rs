@@ -94,6 +94,7 @@ async fn setup(key_cache_ttl: Duration) -> Setup {
                 HttpsDelivery::new(switchyard_kit::outbound::Guard::default()).expect("client"),
             ),
             oauth: None,
+            sso: None,
         },
         tokio_util::sync::CancellationToken::new(),
     )

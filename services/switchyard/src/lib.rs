@@ -431,6 +431,25 @@ fn gateway_outside(
         .context("building the webhook delivery client")?;
     let credentials = Arc::new(reader);
     let oauth_http = guard_client(&config.gateway.outbound_allow)?;
+    let sso = match &config.gateway.sso {
+        None => None,
+        Some(sso) => Some(switchyard_gateway::domain::sso::SsoOutside {
+            config: sso.clone(),
+            http: oauth_http.clone(),
+            signing_key: config.auth.hs256_secret.clone().context(
+                "gateway.sso: Switchyard signs the tokens it issues with auth.hs256_secret; set it",
+            )?,
+            token_template: switchyard_auth::TokenRequest {
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+                subject: String::new(),
+                tenant: String::new(),
+                tenant_claim: config.auth.tenant_claim.clone(),
+                scopes: Vec::new(),
+                ttl: sso.token_ttl,
+            },
+        }),
+    };
     let oauth = switchyard_gateway::domain::oauth::OAuthOutside {
         client: switchyard_oauth::Client::new(oauth_http),
         vault: credentials.clone(),
@@ -444,6 +463,7 @@ fn gateway_outside(
         confirmer: Arc::new(switchyard_gateway::domain::HttpsConfirmer(http)),
         delivery: Arc::new(delivery),
         oauth: Some(oauth),
+        sso,
     })
 }
 

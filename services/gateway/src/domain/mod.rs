@@ -4,6 +4,7 @@
 
 pub mod delivery;
 pub mod oauth;
+pub mod sso;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -285,6 +286,8 @@ pub struct Outside {
     pub delivery: Arc<dyn delivery::DeliveryClient>,
     /// OAuth connections; `None` where they are not configured.
     pub oauth: Option<oauth::OAuthOutside>,
+    /// Single sign-on; `None` where it is not configured.
+    pub sso: Option<sso::SsoOutside>,
 }
 
 /// The gateway's domain.
@@ -307,6 +310,8 @@ struct Inner {
     shutdown: tokio_util::sync::CancellationToken,
     oauth: Option<oauth::OAuthOutside>,
     refresh_locks: oauth::RefreshLocks,
+    sso: Option<sso::SsoOutside>,
+    sso_discovered: tokio::sync::OnceCell<sso::Discovered>,
     key_cache_ttl: Duration,
     key_cache: Mutex<HashMap<(String, String), (SecretString, Instant)>>,
 }
@@ -348,6 +353,8 @@ impl Gateway {
                 shutdown,
                 oauth: outside.oauth,
                 refresh_locks: oauth::RefreshLocks::default(),
+                sso: outside.sso,
+                sso_discovered: tokio::sync::OnceCell::new(),
                 key_cache_ttl: config.key_cache_ttl,
                 key_cache: Mutex::new(HashMap::new()),
             }),

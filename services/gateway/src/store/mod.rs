@@ -107,6 +107,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: oauth::REFRESH_LEASES,
         sqlite: oauth::REFRESH_LEASES,
     },
+    Migration {
+        version: 6,
+        name: "single sign-on states",
+        postgres: oauth::SSO_STATES,
+        sqlite: oauth::SSO_STATES,
+    },
 ];
 
 fn optional(text: Option<&str>) -> Value {

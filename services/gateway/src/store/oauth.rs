@@ -42,6 +42,17 @@ pub(super) const MIGRATION: &str = "
     );
 ";
 
+/// Pending single sign-on logins.
+pub(super) const SSO_STATES: &str = "
+    CREATE TABLE sso_states (
+        id TEXT PRIMARY KEY,
+        verifier TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        expire_time BIGINT NOT NULL,
+        consumed BOOLEAN NOT NULL
+    );
+";
+
 /// Who is refreshing a connection, and until when: one replica at a time.
 pub(super) const REFRESH_LEASES: &str = "
     ALTER TABLE connections ADD COLUMN refresh_lease_until BIGINT;
@@ -373,4 +384,51 @@ pub(crate) async fn expiring_connections(
     .iter()
     .map(connection_from)
     .collect()
+}
+
+pub(crate) async fn insert_sso_state(
+    db: &Db,
+    id: &str,
+    verifier: &str,
+    nonce: &str,
+    expire_time: i64,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO sso_states (id, verifier, nonce, expire_time, consumed) \
+         VALUES ($1, $2, $3, $4, FALSE)",
+        &[id.into(), verifier.into(), nonce.into(), expire_time.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Consumes a login's state: its PKCE verifier and nonce the first time, `None` ever after.
+pub(crate) async fn consume_sso_state(
+    db: &Db,
+    id: &str,
+    now: i64,
+) -> Result<Option<(String, String)>, StoreError> {
+    let mut tx = db.begin().await?;
+    tx.execute(
+        "DELETE FROM sso_states WHERE expire_time < $1",
+        &[now.into()],
+    )
+    .await?;
+    let consumed = tx
+        .execute(
+            "UPDATE sso_states SET consumed = TRUE WHERE id = $1 AND consumed = FALSE",
+            &[id.into()],
+        )
+        .await?;
+    let row = tx
+        .query_opt(
+            "SELECT verifier, nonce FROM sso_states WHERE id = $1",
+            &[id.into()],
+        )
+        .await?;
+    tx.commit().await?;
+    match (consumed, row) {
+        (1, Some(row)) => Ok(Some((row.get(0)?, row.get(1)?))),
+        _ => Ok(None),
+    }
 }
