@@ -154,33 +154,52 @@ pub(crate) async fn insert_state(
     Ok(())
 }
 
-/// Consumes a state: its pending authorization the first time, `None` ever after. Expired
-/// states are deleted on the way.
-pub(crate) async fn consume_state(
+/// Marks row `id` of `table` (a pending authorization or login) consumed and returns its
+/// `columns` the first time, `None` ever after; expired rows are deleted on the way.
+async fn consume(
     db: &Db,
+    table: &str,
+    columns: &str,
     id: &str,
     now: i64,
-) -> Result<Option<Pending>, StoreError> {
+) -> Result<Option<Row>, StoreError> {
     let mut tx = db.begin().await?;
     tx.execute(
-        "DELETE FROM oauth_states WHERE expire_time < $1",
+        &format!("DELETE FROM {table} WHERE expire_time < $1"),
         &[now.into()],
     )
     .await?;
     let consumed = tx
         .execute(
-            "UPDATE oauth_states SET consumed = TRUE WHERE id = $1 AND consumed = FALSE",
+            &format!("UPDATE {table} SET consumed = TRUE WHERE id = $1 AND consumed = FALSE"),
             &[id.into()],
         )
         .await?;
     let row = tx
         .query_opt(
-            "SELECT tenant, provider, verifier, scopes FROM oauth_states WHERE id = $1",
+            &format!("SELECT {columns} FROM {table} WHERE id = $1"),
             &[id.into()],
         )
         .await?;
     tx.commit().await?;
-    let (1, Some(row)) = (consumed, row) else {
+    Ok(row.filter(|_| consumed == 1))
+}
+
+/// Consumes a state: its pending authorization the first time, `None` ever after.
+pub(crate) async fn consume_state(
+    db: &Db,
+    id: &str,
+    now: i64,
+) -> Result<Option<Pending>, StoreError> {
+    let Some(row) = consume(
+        db,
+        "oauth_states",
+        "tenant, provider, verifier, scopes",
+        id,
+        now,
+    )
+    .await?
+    else {
         return Ok(None);
     };
     Ok(Some(Pending {
@@ -408,27 +427,8 @@ pub(crate) async fn consume_sso_state(
     id: &str,
     now: i64,
 ) -> Result<Option<(String, String)>, StoreError> {
-    let mut tx = db.begin().await?;
-    tx.execute(
-        "DELETE FROM sso_states WHERE expire_time < $1",
-        &[now.into()],
-    )
-    .await?;
-    let consumed = tx
-        .execute(
-            "UPDATE sso_states SET consumed = TRUE WHERE id = $1 AND consumed = FALSE",
-            &[id.into()],
-        )
-        .await?;
-    let row = tx
-        .query_opt(
-            "SELECT verifier, nonce FROM sso_states WHERE id = $1",
-            &[id.into()],
-        )
-        .await?;
-    tx.commit().await?;
-    match (consumed, row) {
-        (1, Some(row)) => Ok(Some((row.get(0)?, row.get(1)?))),
-        _ => Ok(None),
+    match consume(db, "sso_states", "verifier, nonce", id, now).await? {
+        Some(row) => Ok(Some((row.get(0)?, row.get(1)?))),
+        None => Ok(None),
     }
 }
