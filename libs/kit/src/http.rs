@@ -1,6 +1,7 @@
 //! The HTTP edge: an axum server on its own port with `/healthz` (liveness), `/readyz`
 //! (readiness), `/metrics` (Prometheus), and the routes services mount, which use
-//! [`require_scope`] for the same authentication as gRPC.
+//! [`require_scope`] for the same authentication as gRPC. Every request gets a request id
+//! (`x-request-id`, the caller's if it sent an acceptable one), a span and an access log line.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 
-use crate::grpc::ReadinessCheck;
-use crate::telemetry::metrics_handle;
+use crate::grpc::layers::is_acceptable_request_id;
+use crate::grpc::{REQUEST_ID_HEADER, ReadinessCheck};
+use crate::telemetry::{metrics_handle, with_request_id};
 use crate::{Authenticator, Target};
 
 #[derive(Clone)]
@@ -79,20 +81,46 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// The request id (the caller's `x-request-id`, or a new one, returned on the response), the
+/// span that the authenticator records the tenant and principal in, the access log line and
+/// the metrics of every HTTP request, as the gRPC host's observe layer does for RPCs.
 async fn observe_http(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
     // The matched route, not the raw path, so that callers cannot grow the label set.
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_acceptable_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "http",
+        method = %method,
+        route = %route,
+        request_id = %request_id,
+        tenant = tracing::field::Empty,
+        principal = tracing::field::Empty,
+    );
     let start = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("switchyard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    let mut response = with_request_id(request_id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    metrics::counter!("switchyard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string())
         .increment(1);
     metrics::histogram!("switchyard_http_request_duration_seconds", "route" => route)
-        .record(start.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    tracing::info!(parent: &span, status, latency_ms, "http request finished");
     response
 }
 

@@ -367,6 +367,21 @@ async fn authenticator_refusals_reach_the_caller_and_metrics_count_them() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    assert!(
+        health.headers().contains_key("x-request-id"),
+        "a new request id"
+    );
+    let echoed = reqwest::Client::new()
+        .get(format!("http://{}/healthz", server.http))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed.headers()["x-request-id"],
+        "trace-42",
+        "the caller's is kept"
+    );
 }
 
 #[tokio::test]

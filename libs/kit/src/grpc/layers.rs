@@ -149,7 +149,8 @@ where
     }
 }
 
-fn is_acceptable_request_id(id: &str) -> bool {
+/// Whether a caller's request id is kept: 1 to 128 visible ASCII characters.
+pub(crate) fn is_acceptable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
