@@ -128,6 +128,13 @@ async fn github_round_trip(backend: Backend) {
     )
     .await;
     assert_eq!(tampered.status(), 401);
+    // The edge's one error shape: google.rpc.Status as JSON.
+    let body: serde_json::Value = tampered.json().await.expect("json");
+    assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+    assert_eq!(
+        body["error"]["details"][0]["reason"],
+        "WEBHOOK_NOT_VERIFIED"
+    );
     let wrong = github_signature("other", PUSH);
     assert_eq!(
         post_github(&server, &endpoint.url_path, &wrong, "d-3", PUSH)

@@ -8,7 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
+use std::time::Duration;
+
+use switchyard_kit::ApiError;
 use switchyard_webhooks::{Answer, Inbound};
+use tonic::Code;
 
 use crate::domain::{Gateway, ReceiveError};
 
@@ -85,27 +89,32 @@ async fn oauth_callback(
                 .into_response()
         }
         Err(err) => {
-            let status = match &err {
-                CallbackError::Denied(_) | CallbackError::State | CallbackError::Exchange(_) => {
-                    StatusCode::BAD_REQUEST
+            let api = match &err {
+                CallbackError::Denied(_) => ApiError::new(
+                    Code::InvalidArgument,
+                    "AUTHORIZATION_DENIED",
+                    err.to_string(),
+                ),
+                CallbackError::State => {
+                    ApiError::new(Code::InvalidArgument, "STATE_INVALID", err.to_string())
                 }
+                CallbackError::Exchange(cause) if cause.is_retryable() => {
+                    ApiError::new(Code::Unavailable, "PROVIDER_UNAVAILABLE", err.to_string())
+                }
+                CallbackError::Exchange(_) => {
+                    ApiError::new(Code::InvalidArgument, "CODE_REFUSED", err.to_string())
+                }
+                // What went wrong inside is in the log, not in the user's browser.
                 CallbackError::Internal(cause) => {
                     tracing::error!(provider, error = %cause, "finishing an OAuth authorization failed");
-                    StatusCode::SERVICE_UNAVAILABLE
+                    ApiError::new(
+                        Code::Unavailable,
+                        "CONNECTION_NOT_STORED",
+                        "the connection could not be stored; try again",
+                    )
                 }
             };
-            // What went wrong inside is in the log, not in the user's browser.
-            let message = match &err {
-                CallbackError::Internal(_) => {
-                    "the connection could not be stored; try again".to_owned()
-                }
-                other => other.to_string(),
-            };
-            (
-                status,
-                axum::Json(json!({ "error": { "message": message } })),
-            )
-                .into_response()
+            api.with_domain(crate::api::ERROR_DOMAIN).into_response()
         }
     }
 }
@@ -151,23 +160,30 @@ async fn receive(
     }
 }
 
+/// A refused webhook in the one error shape of the HTTP edge (`google.rpc.Status` as JSON).
 fn refusal(source: &str, endpoint: &str, err: ReceiveError) -> Response {
-    let (status, message) = match &err {
-        ReceiveError::UnknownEndpoint => (StatusCode::NOT_FOUND, err.to_string()),
+    let message = err.to_string();
+    let api = match &err {
+        ReceiveError::UnknownEndpoint => {
+            ApiError::new(Code::NotFound, "WEBHOOK_ENDPOINT_NOT_FOUND", message)
+        }
         ReceiveError::Refused(_) => {
             tracing::info!(source, endpoint, reason = %err, "webhook refused");
-            (StatusCode::UNAUTHORIZED, err.to_string())
+            ApiError::new(Code::Unauthenticated, "WEBHOOK_NOT_VERIFIED", message)
         }
-        ReceiveError::VerificationUnavailable => (StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+        ReceiveError::VerificationUnavailable => ApiError::new(
+            Code::Unavailable,
+            "WEBHOOK_VERIFICATION_UNAVAILABLE",
+            message,
+        )
+        .with_retry_after(Duration::from_secs(60)),
         ReceiveError::Store(cause) => {
             tracing::error!(source, endpoint, error = %cause, "storing a webhook failed");
-            (StatusCode::SERVICE_UNAVAILABLE, err.to_string())
+            ApiError::new(Code::Unavailable, "WEBHOOK_NOT_STORED", message)
         }
-        ReceiveError::Confirmation => (StatusCode::BAD_GATEWAY, err.to_string()),
+        ReceiveError::Confirmation => {
+            ApiError::new(Code::Unavailable, "SNS_CONFIRMATION_FAILED", message)
+        }
     };
-    (
-        status,
-        axum::Json(json!({ "error": { "message": message } })),
-    )
-        .into_response()
+    api.with_domain(crate::api::ERROR_DOMAIN).into_response()
 }
