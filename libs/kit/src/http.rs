@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 
-use crate::grpc::layers::is_acceptable_request_id;
+use crate::grpc::layers::request_id_of;
 use crate::grpc::{REQUEST_ID_HEADER, ReadinessCheck};
 use crate::telemetry::{metrics_handle, with_request_id};
 use crate::{Authenticator, Target};
@@ -92,12 +92,7 @@ async fn observe_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| is_acceptable_request_id(id))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let request_id = request_id_of(request.headers());
     let span = tracing::info_span!(
         "http",
         method = %method,

@@ -101,12 +101,7 @@ where
         } else {
             ("unknown".to_owned(), "unknown".to_owned())
         };
-        let request_id = request
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| is_acceptable_request_id(id))
-            .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        let request_id = request_id_of(request.headers());
         let span = tracing::info_span!(
             "rpc",
             service = %service,
@@ -149,8 +144,17 @@ where
     }
 }
 
+/// The caller's request id if it is acceptable, or else a new one.
+pub(crate) fn request_id_of(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_acceptable_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
 /// Whether a caller's request id is kept: 1 to 128 visible ASCII characters.
-pub(crate) fn is_acceptable_request_id(id: &str) -> bool {
+fn is_acceptable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
