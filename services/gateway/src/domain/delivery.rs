@@ -312,35 +312,55 @@ fn filter_variables(event: &Event) -> serde_json::Value {
     })
 }
 
-/// Evaluates a CEL filter on `event`: true to deliver. An expression that fails on this event
-/// (a missing field, a type mismatch) does not match.
-pub(crate) fn filter_matches(filter: &str, event: &Event) -> bool {
-    if filter.is_empty() {
-        return true;
+/// A CEL filter compiled once, for evaluating on many events.
+#[derive(Debug)]
+pub(crate) enum Filter {
+    /// No filter: everything matches.
+    None,
+    /// A compiled expression.
+    Cel(cel_interpreter::Program),
+    /// An expression that does not compile (refused where filters are made): nothing matches.
+    Invalid,
+}
+
+impl Filter {
+    /// Compiles `text`; empty is no filter.
+    pub(crate) fn new(text: &str) -> Filter {
+        if text.is_empty() {
+            return Filter::None;
+        }
+        cel_interpreter::Program::compile(text).map_or(Filter::Invalid, Filter::Cel)
     }
-    let Ok(program) = cel_interpreter::Program::compile(filter) else {
-        return false;
-    };
-    let mut context = cel_interpreter::Context::default();
-    if let serde_json::Value::Object(fields) = filter_variables(event) {
-        for (name, value) in fields {
-            if context.add_variable(name, value).is_err() {
-                return false;
+
+    /// Whether `event` passes: true to deliver or list. An expression that fails on this event
+    /// (a missing field, a type mismatch) does not match.
+    pub(crate) fn matches(&self, event: &Event) -> bool {
+        let program = match self {
+            Filter::None => return true,
+            Filter::Invalid => return false,
+            Filter::Cel(program) => program,
+        };
+        let mut context = cel_interpreter::Context::default();
+        if let serde_json::Value::Object(fields) = filter_variables(event) {
+            for (name, value) in fields {
+                if context.add_variable(name, value).is_err() {
+                    return false;
+                }
             }
         }
+        matches!(
+            program.execute(&context),
+            Ok(cel_interpreter::Value::Bool(true))
+        )
     }
-    matches!(
-        program.execute(&context),
-        Ok(cel_interpreter::Value::Bool(true))
-    )
 }
 
 /// Whether `event` is one of `event_types` (patterns; empty: any) from one of `sources` (empty:
-/// any) for which `filter` holds: how subscriptions and event streams choose.
+/// any) and passes `filter`: how subscriptions and event streams choose.
 pub(crate) fn selects(
     event_types: &[String],
     sources: &[EventSource],
-    filter: &str,
+    filter: &Filter,
     event: &Event,
 ) -> bool {
     (event_types.is_empty()
@@ -348,7 +368,7 @@ pub(crate) fn selects(
             .iter()
             .any(|pattern| type_matches(pattern, &event.event_type)))
         && (sources.is_empty() || sources.contains(&event.source))
-        && filter_matches(filter, event)
+        && filter.matches(event)
 }
 
 /// What is wrong with type patterns and a filter, as field violations under `prefix`.
@@ -387,7 +407,12 @@ impl Subscription {
     /// Whether `event` goes to this subscription.
     pub fn matches(&self, event: &Event) -> bool {
         self.state == SubscriptionState::Active
-            && selects(&self.event_types, &self.sources, &self.filter, event)
+            && selects(
+                &self.event_types,
+                &self.sources,
+                &Filter::new(&self.filter),
+                event,
+            )
     }
 }
 
@@ -1070,26 +1095,30 @@ mod tests {
         }
     }
 
+    fn matches_filter(filter: &str, event: &Event) -> bool {
+        Filter::new(filter).matches(event)
+    }
+
     #[test]
     fn cel_filters_see_the_envelope() {
         let push = event(serde_json::json!({"ref": "refs/heads/main", "commits": [1, 2]}));
-        assert!(filter_matches("", &push));
-        assert!(filter_matches(r#"data.ref == "refs/heads/main""#, &push));
-        assert!(filter_matches(
+        assert!(matches_filter("", &push));
+        assert!(matches_filter(r#"data.ref == "refs/heads/main""#, &push));
+        assert!(matches_filter(
             r#"source == "github" && subject == "acme/app""#,
             &push
         ));
-        assert!(filter_matches("size(data.commits) == 2", &push));
-        assert!(filter_matches(
+        assert!(matches_filter("size(data.commits) == 2", &push));
+        assert!(matches_filter(
             r#"headers["x-github-event"] == "push""#,
             &push
         ));
-        assert!(!filter_matches(r#"data.ref == "refs/heads/dev""#, &push));
+        assert!(!matches_filter(r#"data.ref == "refs/heads/dev""#, &push));
         assert!(
-            !filter_matches("data.missing.field == 1", &push),
+            !matches_filter("data.missing.field == 1", &push),
             "an error is no match"
         );
-        assert!(!filter_matches("1 +", &push));
+        assert!(!matches_filter("1 +", &push));
         // Malformed filters are refused, never a panic.
         for malformed in [
             "(", ")", "a.", "[1,", "{", "\"open", "a[", "a ? b", "!!!!", "1..2", "a.b(", "@",
@@ -1098,7 +1127,7 @@ mod tests {
                 cel_interpreter::Program::compile(malformed).is_err(),
                 "{malformed}"
             );
-            assert!(!filter_matches(malformed, &push));
+            assert!(!matches_filter(malformed, &push));
         }
     }
 }

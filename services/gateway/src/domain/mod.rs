@@ -517,6 +517,7 @@ impl Gateway {
         // MAX_SCANNED events were looked at: the token then resumes after the last one read,
         // whether it matched or not.
         let searching = !filter.expression.is_empty();
+        let expression = delivery::Filter::new(&filter.expression);
         let batch_size = if searching { SCAN_BATCH } else { size + 1 };
         let mut items = Vec::new();
         let mut cursor = before;
@@ -537,7 +538,7 @@ impl Gateway {
                     break 'pages;
                 }
                 scanned += 1;
-                if searching && !delivery::filter_matches(&filter.expression, &event) {
+                if !expression.matches(&event) {
                     cursor = Some(event.id);
                     continue;
                 }

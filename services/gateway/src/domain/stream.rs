@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::Stream;
 use futures::stream;
 
-use super::delivery::{selector_violations, selects};
+use super::delivery::{Filter, selector_violations, selects};
 use super::{Event, EventSource, Gateway, GatewayError, Micros};
 use crate::store;
 
@@ -44,6 +44,8 @@ struct State {
     after: String,
     since: Micros,
     ready: VecDeque<Event>,
+    /// The spec's filter, compiled once.
+    filter: Filter,
     /// The shutdown error was sent: the stream is over.
     ended: bool,
 }
@@ -74,6 +76,7 @@ impl Gateway {
             (None, Some(start)) => start,
             (None, None) => switchyard_store::now_micros(),
         };
+        let spec_filter = spec.filter.clone();
         let state = State {
             gateway: self.clone(),
             tenant: tenant.to_owned(),
@@ -81,6 +84,7 @@ impl Gateway {
             after,
             since,
             ready: VecDeque::new(),
+            filter: Filter::new(&spec_filter),
             ended: false,
         };
         Ok(stream::unfold(state, |mut state| async move {
@@ -122,9 +126,9 @@ impl Gateway {
                         if let Some(last) = events.last() {
                             state.after = last.id.clone();
                         }
-                        let spec = &state.spec;
+                        let (spec, filter) = (&state.spec, &state.filter);
                         state.ready.extend(events.into_iter().filter(|event| {
-                            selects(&spec.event_types, &spec.sources, &spec.filter, event)
+                            selects(&spec.event_types, &spec.sources, filter, event)
                         }));
                     }
                 }
