@@ -2,6 +2,7 @@
 //! [`delivery`] the outbound side. Free of transport types: the HTTP route and the gRPC API both
 //! call [`Gateway`].
 
+mod commit;
 pub mod delivery;
 pub mod oauth;
 pub mod sso;
@@ -305,7 +306,8 @@ struct Inner {
     delivery: Arc<dyn delivery::DeliveryClient>,
     delivery_config: crate::config::DeliveryConfig,
     /// Wakes the delivery worker when a delivery is made.
-    wake: tokio::sync::Notify,
+    wake: Arc<tokio::sync::Notify>,
+    committer: commit::Committer,
     /// Ends event streams.
     shutdown: tokio_util::sync::CancellationToken,
     oauth: Option<oauth::OAuthOutside>,
@@ -341,6 +343,8 @@ impl Gateway {
         config: &crate::GatewayConfig,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let committer = commit::Committer::start(db.clone(), wake.clone());
         Gateway {
             inner: Arc::new(Inner {
                 db,
@@ -349,7 +353,8 @@ impl Gateway {
                 confirmer: outside.confirmer,
                 delivery: outside.delivery,
                 delivery_config: config.delivery.clone(),
-                wake: tokio::sync::Notify::new(),
+                committer,
+                wake,
                 shutdown,
                 oauth: outside.oauth,
                 refresh_locks: oauth::RefreshLocks::default(),
@@ -640,18 +645,9 @@ impl Gateway {
             content_type,
             raw_body: inbound.body.to_vec(),
         };
-        // The event and its deliveries commit together, before the sender is answered.
-        let mut tx = self.inner.db.begin().await?;
-        let stored = store::insert_event(&mut tx, &event).await?;
-        let deliveries = if stored.duplicate {
-            0
-        } else {
-            delivery::fan_out(&mut tx, &event).await?
-        };
-        tx.commit().await?;
-        if deliveries > 0 {
-            self.inner.wake.notify_one();
-        }
+        // The event and its deliveries commit together (with whatever else is arriving),
+        // before the sender is answered.
+        let stored = self.inner.committer.commit(event).await?;
         // Confirmed on every delivery of the confirmation, so that one whose first visit failed
         // (and which SNS therefore sends again) is confirmed by the redelivery.
         if let Some(url) = &verified.confirm_subscription
