@@ -6,6 +6,7 @@
 //! committer would only serialize them (6 600 → 4 100 events/s), so there each webhook commits
 //! in its own transaction on its own connection. docs/benchmarks.md has the runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchyard_store::{Db, Dialect, StoreError};
@@ -113,10 +114,19 @@ async fn write(db: &Db, events: &[&Event]) -> Result<(Vec<Stored>, usize), Store
     let mut tx = db.begin().await?;
     let mut stored = Vec::with_capacity(events.len());
     let mut deliveries = 0;
+    // Each tenant's subscriptions are read (and their filters compiled) once per commit.
+    let mut candidates: HashMap<&str, delivery::Candidates> = HashMap::new();
     for event in events {
         let outcome = store::insert_event(&mut tx, event).await?;
         if !outcome.duplicate {
-            deliveries += delivery::fan_out(&mut tx, event).await?;
+            let tenant = event.tenant.as_str();
+            if !candidates.contains_key(tenant) {
+                let loaded = delivery::Candidates::load(&mut tx, tenant).await?;
+                candidates.insert(tenant, loaded);
+            }
+            if let Some(candidates) = candidates.get(tenant) {
+                deliveries += candidates.fan_out(&mut tx, event).await?;
+            }
         }
         stored.push(outcome);
     }

@@ -403,29 +403,51 @@ pub(crate) fn selector_violations(
     violations
 }
 
-impl Subscription {
-    /// Whether `event` goes to this subscription.
-    pub fn matches(&self, event: &Event) -> bool {
-        self.state == SubscriptionState::Active
-            && selects(
-                &self.event_types,
-                &self.sources,
-                &Filter::new(&self.filter),
+/// A tenant's active subscriptions with their filters compiled: read and compiled once for
+/// all the events of a commit.
+#[derive(Debug)]
+pub(crate) struct Candidates(Vec<(Subscription, Filter)>);
+
+impl Candidates {
+    /// The active subscriptions of `tenant`.
+    pub(crate) async fn load(tx: &mut Tx, tenant: &str) -> Result<Candidates, StoreError> {
+        let subscriptions = db::active_subscriptions(tx, tenant).await?;
+        Ok(Candidates(
+            subscriptions
+                .into_iter()
+                .map(|subscription| {
+                    let filter = Filter::new(&subscription.filter);
+                    (subscription, filter)
+                })
+                .collect(),
+        ))
+    }
+
+    /// Deliveries of `event` to the matching subscriptions, written in `tx`: the event and its
+    /// deliveries commit together, so an acknowledged event is never without them.
+    pub(crate) async fn fan_out(&self, tx: &mut Tx, event: &Event) -> Result<usize, StoreError> {
+        let mut made = 0;
+        for (subscription, filter) in &self.0 {
+            if selects(
+                &subscription.event_types,
+                &subscription.sources,
+                filter,
                 event,
-            )
+            ) {
+                db::insert_delivery(tx, &new_delivery(subscription, event)).await?;
+                made += 1;
+            }
+        }
+        Ok(made)
     }
 }
 
-/// Deliveries of `event` to the tenant's matching subscriptions, written in `tx`: the event and
-/// its deliveries commit together, so an acknowledged event is never without them.
+/// Deliveries of one event (see [`Candidates::fan_out`]).
 pub(crate) async fn fan_out(tx: &mut Tx, event: &Event) -> Result<usize, StoreError> {
-    let subscriptions = db::active_subscriptions(tx, &event.tenant).await?;
-    let mut made = 0;
-    for subscription in subscriptions.iter().filter(|s| s.matches(event)) {
-        db::insert_delivery(tx, &new_delivery(subscription, event)).await?;
-        made += 1;
-    }
-    Ok(made)
+    Candidates::load(tx, &event.tenant)
+        .await?
+        .fan_out(tx, event)
+        .await
 }
 
 fn new_delivery(subscription: &Subscription, event: &Event) -> Delivery {
