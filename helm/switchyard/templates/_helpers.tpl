@@ -203,6 +203,16 @@ null or "" are left out. Call with (list $map "dotted.prefix").
 {{- else }}
 {{- $_ := set $cfg "secrets" (dict "backend" "embedded") }}
 {{- end }}
+{{- /* The API gateway calls each other enabled service at its Service. */}}
+{{- if (index $v.services "gateway").enabled }}
+{{- $upstreams := dict }}
+{{- range $name, $package := dict "credentials" "switchyard.credentials.v1" "ai" "switchyard.ai.v1" }}
+{{- if (index $v.services $name).enabled }}
+{{- $_ := set $upstreams $package (printf "http://%s:%v" (include "switchyard.componentName" (dict "root" $ "component" $name)) (int64 $v.ports.grpc)) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $cfg "gateway" (dict "api" (dict "upstreams" $upstreams)) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy (.Values.extraConfig | default dict))) }}
 {{- end }}
 

@@ -183,45 +183,128 @@ impl ApiError {
     /// The JSON body of the HTTP edge, in the shape of Google's JSON error format:
     /// `{"error": {"code": 404, "status": "NOT_FOUND", "message": ..., "details": [...]}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let metadata: serde_json::Map<String, serde_json::Value> = self
-            .details
-            .metadata
+        error_json(
+            self.code,
+            &self.message,
+            Some((self.reason, self.domain, &self.details.metadata)),
+            &self.details.violations,
+            self.details.retry_after,
+        )
+    }
+}
+
+/// The `google.rpc.ErrorInfo` of an error: reason, domain and metadata.
+type Info<'a> = (&'a str, &'a str, &'a [(String, String)]);
+
+/// The one JSON error shape of the HTTP edge, from the parts of a `google.rpc.Status`.
+fn error_json(
+    code: Code,
+    message: &str,
+    info: Option<Info<'_>>,
+    violations: &[FieldViolation],
+    retry_after: Option<Duration>,
+) -> serde_json::Value {
+    let mut details = Vec::new();
+    if let Some((reason, domain, metadata)) = info {
+        let metadata: serde_json::Map<String, serde_json::Value> = metadata
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let mut details = vec![serde_json::json!({
+        details.push(serde_json::json!({
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": self.reason,
-            "domain": self.domain,
+            "reason": reason,
+            "domain": domain,
             "metadata": metadata,
-        })];
-        if !self.details.violations.is_empty() {
-            let violations: Vec<_> = self
-                .details
-                .violations
-                .iter()
-                .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
-                .collect();
-            details.push(serde_json::json!({
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "fieldViolations": violations,
-            }));
-        }
-        if let Some(delay) = self.details.retry_after {
-            details.push(serde_json::json!({
-                "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                "retryDelay": format!("{}s", delay.as_secs_f64()),
-            }));
-        }
-        serde_json::json!({
-            "error": {
-                "code": self.http_status().as_u16(),
-                "status": code_name(self.code),
-                "message": self.message,
-                "details": details,
-            }
-        })
+        }));
     }
+    if !violations.is_empty() {
+        let violations: Vec<_> = violations
+            .iter()
+            .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+            .collect();
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": violations,
+        }));
+    }
+    if let Some(delay) = retry_after {
+        details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{}s", delay.as_secs_f64()),
+        }));
+    }
+    serde_json::json!({
+        "error": {
+            "code": http_status_of(code).as_u16(),
+            "status": code_name(code),
+            "message": message,
+            "details": details,
+        }
+    })
+}
+
+/// A gRPC status (a service's answer, with its `google.rpc` details) as the HTTP edge answers
+/// it: the mapped HTTP status, the one JSON error shape, and `Retry-After` from `RetryInfo`.
+pub fn status_response(status: &tonic::Status) -> axum::response::Response {
+    let details = status.get_error_details();
+    let metadata: Vec<(String, String)> = details
+        .error_info()
+        .map(|info| {
+            let mut pairs: Vec<_> = info
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            pairs.sort();
+            pairs
+        })
+        .unwrap_or_default();
+    let info = details.error_info().map(|info| {
+        (
+            info.reason.as_str(),
+            info.domain.as_str(),
+            metadata.as_slice(),
+        )
+    });
+    let violations: Vec<FieldViolation> = details
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let retry_after = details.retry_info().and_then(|retry| retry.retry_delay);
+    let body = error_json(
+        status.code(),
+        status.message(),
+        info,
+        &violations,
+        retry_after,
+    );
+    with_retry_after(
+        axum::response::IntoResponse::into_response((
+            http_status_of(status.code()),
+            axum::Json(body),
+        )),
+        retry_after,
+    )
+}
+
+fn with_retry_after(
+    mut response: axum::response::Response,
+    delay: Option<Duration>,
+) -> axum::response::Response {
+    if let Some(delay) = delay {
+        let seconds = delay.as_secs().max(1).to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&seconds) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+    }
+    response
 }
 
 impl From<ApiError> for tonic::Status {
@@ -232,16 +315,8 @@ impl From<ApiError> for tonic::Status {
 
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        let mut response = (self.http_status(), axum::Json(self.to_json())).into_response();
-        if let Some(delay) = self.details.retry_after {
-            let seconds = delay.as_secs().max(1).to_string();
-            if let Ok(value) = http::HeaderValue::from_str(&seconds) {
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, value);
-            }
-        }
-        response
+        let response = (self.http_status(), axum::Json(self.to_json())).into_response();
+        with_retry_after(response, self.details.retry_after)
     }
 }
 

@@ -6,6 +6,14 @@
 /// Every Switchyard proto file, encoded as a `google.protobuf.FileDescriptorSet`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchyard_descriptor");
 
+/// `google.api`: the HTTP annotations (`google.api.http`) that the gateway's REST routes follow.
+pub mod google {
+    /// The `google.api` package.
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
 /// `switchyard.ai.v1`: LLM providers behind one API.
 pub mod ai {
     /// Version 1.
@@ -35,6 +43,14 @@ pub mod events {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("switchyard.events.v1");
+    }
+}
+
+/// `switchyard.gateway.v1`: the API gateway's own resources (API keys).
+pub mod gateway {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("switchyard.gateway.v1");
     }
 }
 

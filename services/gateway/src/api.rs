@@ -64,6 +64,7 @@ pub fn api_error(err: GatewayError) -> ApiError {
             ApiError::new(tonic::Code::Unavailable, "SHUTTING_DOWN", message)
                 .with_retry_after(std::time::Duration::from_secs(1))
         }
+        GatewayError::Unauthenticated(message) => ApiError::unauthenticated(message),
         GatewayError::Store(cause) => ApiError::internal(cause),
     }
     .with_domain(ERROR_DOMAIN)

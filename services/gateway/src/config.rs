@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,6 +42,8 @@ pub struct GatewayConfig {
     pub oauth_refresh_ahead: Duration,
     /// `[gateway.sso]`: OpenID Connect login; unset: none.
     pub sso: Option<crate::domain::sso::SsoConfig>,
+    /// `[gateway.api]`: the API gateway.
+    pub api: ApiConfig,
 }
 
 /// `[gateway.delivery]`.
@@ -89,6 +92,7 @@ impl Default for GatewayConfig {
             oauth_refresh_interval: Duration::from_secs(30),
             oauth_refresh_ahead: Duration::from_secs(5 * 60),
             sso: None,
+            api: ApiConfig::default(),
         }
     }
 }
@@ -119,10 +123,170 @@ impl GatewayConfig {
                 "must be at least 1 s",
             ));
         }
+        self.api.validate()?;
         if self.delivery.batch == 0 || self.delivery.concurrency == 0 {
             return Err(ConfigError::invalid(
                 "gateway.delivery.batch",
                 "batch and concurrency must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[gateway.api]`: the API gateway on the HTTP edge, in front of every service: REST/JSON
+/// transcoding, gRPC-Web and gRPC, with API keys, rate limits and a read cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the APIs on the HTTP edge.
+    pub enabled: bool,
+    /// Where each proto package is served, e.g. `"switchyard.ai.v1" = "http://ai:50051"`; a
+    /// package not named here is called on this process's own gRPC listener.
+    pub upstreams: BTreeMap<String, String>,
+    /// `[[gateway.api.rate_limits]]`: every rule that names a call applies to it.
+    pub rate_limits: Vec<RateLimitRule>,
+    /// `[gateway.api.cache]`: answers to safe reads kept for a while.
+    pub cache: CacheConfig,
+    /// Deprecated API versions by route prefix, e.g. `v1 = { deprecation = "2026-11-01T00:00:00Z",
+    /// sunset = "2027-05-01T00:00:00Z" }`: their answers carry `Deprecation` and `Sunset`.
+    pub deprecated_versions: BTreeMap<String, Deprecation>,
+    /// Origins whose browser pages may call the APIs (CORS), e.g. `https://console.example.com`;
+    /// `*` for any. Empty: no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+    /// The largest REST request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            upstreams: BTreeMap::new(),
+            rate_limits: Vec::new(),
+            cache: CacheConfig::default(),
+            deprecated_versions: BTreeMap::new(),
+            cors_allowed_origins: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one rate-limit bucket is kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitDimension {
+    /// Each tenant.
+    Tenant,
+    /// Each principal: a token's subject, or an API key (`apikey:{id}`).
+    Principal,
+    /// Each method.
+    Route,
+}
+
+/// `[[gateway.api.rate_limits]]`: `requests` per `period` for each combination of `per`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// The calls it counts: `*`, a service (`switchyard.credentials.v1.CredentialService.*`) or a
+    /// method (`switchyard.credentials.v1.CredentialService.ListCredentials`).
+    #[serde(default = "all_routes")]
+    pub route: String,
+    /// What gets its own bucket; default: each tenant.
+    #[serde(default = "per_tenant")]
+    pub per: Vec<LimitDimension>,
+    /// Calls allowed per period; also the burst.
+    pub requests: u32,
+    /// The period, e.g. `1m`.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+fn all_routes() -> String {
+    "*".to_owned()
+}
+
+fn per_tenant() -> Vec<LimitDimension> {
+    vec![LimitDimension::Tenant]
+}
+
+/// A time to live, written as `30s`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(transparent)]
+pub struct Ttl(#[serde(with = "humantime_serde")] pub Duration);
+
+/// `[gateway.api.cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Answers kept at most; past it new answers are not kept until old ones expire.
+    pub max_entries: usize,
+    /// Time to live by method (`switchyard.credentials.v1.CredentialService.ListCredentials =
+    /// "5s"`); only GET routes, and never an audited method, can be cached. Empty: no caching.
+    pub routes: BTreeMap<String, Ttl>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 10_000,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A deprecated API version.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deprecation {
+    /// When it was deprecated, RFC 3339.
+    pub deprecation: String,
+    /// When it stops being served, RFC 3339; unset: not yet decided.
+    pub sunset: Option<String>,
+    /// Where the migration is explained.
+    pub link: Option<String>,
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (index, rule) in self.rate_limits.iter().enumerate() {
+            if rule.requests == 0 || rule.period.is_zero() {
+                return Err(ConfigError::invalid(
+                    &format!("gateway.api.rate_limits[{index}]"),
+                    "requests and period must be greater than 0",
+                ));
+            }
+            if rule.per.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("gateway.api.rate_limits[{index}].per"),
+                    "name at least one of tenant, principal, route",
+                ));
+            }
+        }
+        for (version, deprecation) in &self.deprecated_versions {
+            let key = format!("gateway.api.deprecated_versions.{version}");
+            humantime::parse_rfc3339(&deprecation.deprecation)
+                .map_err(|_| ConfigError::invalid(&key, "deprecation must be an RFC 3339 time"))?;
+            if let Some(sunset) = &deprecation.sunset {
+                humantime::parse_rfc3339(sunset)
+                    .map_err(|_| ConfigError::invalid(&key, "sunset must be an RFC 3339 time"))?;
+            }
+        }
+        for (package, url) in &self.upstreams {
+            match url::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        &format!("gateway.api.upstreams.{package}"),
+                        "an http(s) URL such as http://credentials:50051",
+                    ));
+                }
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "gateway.api.max_body_bytes",
+                "must be greater than 0",
             ));
         }
         Ok(())

@@ -5,13 +5,16 @@
 //! [`store`] its tables, [`api`] the tonic service, [`http`] the receiver's route.
 
 pub mod api;
+pub mod apikeys_api;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod oauth_api;
+pub mod rest;
 pub mod store;
 
 pub use api::{EventApi, SCOPES};
+pub use apikeys_api::ApiKeyApi;
 pub use config::GatewayConfig;
 pub use domain::{Gateway, Outside};
 pub use oauth_api::OAuthApi;

@@ -173,6 +173,7 @@ impl ServiceName {
             ServiceName::Gateway => &[
                 switchyard_gateway::SCOPES,
                 switchyard_gateway::oauth_api::SCOPES,
+                switchyard_gateway::apikeys_api::SCOPES,
             ],
         }
     }
@@ -321,6 +322,73 @@ impl ReadinessCheck for SecretsReady {
     }
 }
 
+/// The URL this process's own gRPC listener is reached at from inside it.
+fn own_grpc_url(own_grpc: SocketAddr) -> String {
+    let host = if own_grpc.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        own_grpc.ip()
+    };
+    format!("http://{}", SocketAddr::new(host, own_grpc.port()))
+}
+
+/// The API gateway in front of every service: REST/JSON, gRPC-Web and gRPC on the HTTP edge,
+/// calling the services on this process's gRPC listener unless `gateway.api.upstreams` says
+/// otherwise.
+fn api_gateway(
+    config: &Config,
+    own_grpc: SocketAddr,
+    verifier: Arc<Verifier>,
+    gateway: switchyard_gateway::Gateway,
+) -> anyhow::Result<axum::Router> {
+    use switchyard_gateway::rest::{Api, ApiOutside, Callers, KeyTokens};
+    let descriptors = prost_reflect::DescriptorPool::decode(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .context("decoding the API descriptors")?;
+    let own_grpc = tonic::transport::Channel::from_shared(own_grpc_url(own_grpc))
+        .context("the gRPC listener's URL")?
+        .connect_lazy();
+    // Keys stand for principals through tokens the gateway signs, which every service accepts
+    // when it verifies with the same HS256 key.
+    let key_tokens = config.auth.hs256_secret.clone().map(|secret| {
+        KeyTokens::new(
+            secret,
+            switchyard_auth::TokenRequest {
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+                subject: String::new(),
+                tenant: String::new(),
+                tenant_claim: config.auth.tenant_claim.clone(),
+                scopes: Vec::new(),
+                ttl: std::time::Duration::ZERO,
+            },
+        )
+    });
+    let audited = ServiceName::ALL
+        .iter()
+        .flat_map(|service| service.scopes())
+        .flat_map(|table| {
+            table
+                .checked_by_handler
+                .iter()
+                .map(move |method| format!("{}.{method}", table.service))
+        })
+        .collect();
+    let api = Api::new(
+        &config.gateway.api,
+        ApiOutside {
+            descriptors,
+            own_grpc,
+            callers: Callers::new(verifier, gateway, key_tokens),
+            audited,
+        },
+    )
+    .context("gateway.api")?;
+    Ok(switchyard_gateway::rest::router(
+        Arc::new(api),
+        &config.gateway.api,
+    ))
+}
+
 /// A reader of the credentials service (this process unless `url` says otherwise) as `subject`,
 /// presenting `token`, or else tokens minted per tenant with `auth.hs256_secret`; `None` when
 /// there is neither.
@@ -332,17 +400,7 @@ fn credential_reader(
     subject: &str,
     scopes: &[&str],
 ) -> anyhow::Result<Option<CredentialsClient>> {
-    let url = match url {
-        Some(url) => url.clone(),
-        None => {
-            let host = if own_grpc.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                own_grpc.ip()
-            };
-            format!("http://{}", SocketAddr::new(host, own_grpc.port()))
-        }
-    };
+    let url = url.cloned().unwrap_or_else(|| own_grpc_url(own_grpc));
     let token = match (token, &config.auth.hs256_secret) {
         (Some(token), _) => ServiceToken::Static(token.clone()),
         (None, Some(secret)) => ServiceToken::Minted {
@@ -509,13 +567,13 @@ pub async fn run(
     if services.is_empty() {
         bail!("no service to serve");
     }
-    let verifier = Verifier::new(&config.auth).context("building the token verifier")?;
+    let verifier = Arc::new(Verifier::new(&config.auth).context("building the token verifier")?);
     let tables: Vec<ScopeTable> = services
         .iter()
         .flat_map(|s| s.scopes().iter().copied())
         .collect();
     let authorizer: Arc<dyn switchyard_kit::Authenticator> = Arc::new(Authorizer::new(
-        Arc::new(verifier),
+        verifier.clone(),
         &tables,
         config.auth.public_health,
     ));
@@ -601,10 +659,22 @@ pub async fn run(
                     switchyard_gateway::OAuthApi::new(gateway.clone())
                         .into_server(config.server.max_message_bytes),
                 );
+                host.add_service(
+                    switchyard_gateway::ApiKeyApi::new(gateway.clone())
+                        .into_server(config.server.max_message_bytes),
+                );
                 host.merge_http(switchyard_gateway::http::router(
                     gateway.clone(),
                     config.gateway.max_body_bytes,
                 ));
+                if config.gateway.api.enabled {
+                    host.merge_http(api_gateway(
+                        &config,
+                        grpc.local_addr()?,
+                        verifier.clone(),
+                        gateway.clone(),
+                    )?);
+                }
                 host.add_readiness_check("gateway.database", Arc::new(DbReady(db)));
                 jobs.push(tokio::spawn(
                     switchyard_gateway::domain::oauth::run_refresher(

@@ -2,6 +2,7 @@
 //! [`delivery`] the outbound side. Free of transport types: the HTTP route and the gRPC API both
 //! call [`Gateway`].
 
+pub mod apikeys;
 mod commit;
 pub mod delivery;
 pub mod oauth;
@@ -175,6 +176,9 @@ pub enum GatewayError {
         /// For people.
         message: String,
     },
+    /// The credential presented (an API key) is not accepted.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The server is stopping; the caller should retry elsewhere (streams: with their cursor).
     #[error("{0}")]
     Unavailable(String),
@@ -316,6 +320,7 @@ struct Inner {
     sso_discovered: tokio::sync::OnceCell<sso::Discovered>,
     key_cache_ttl: Duration,
     key_cache: Mutex<HashMap<(String, String), (SecretString, Instant)>>,
+    api_keys: apikeys::Resolved,
 }
 
 /// The most event data (as JSON text) in one ListEvents page: a quarter of the default largest
@@ -362,6 +367,7 @@ impl Gateway {
                 sso_discovered: tokio::sync::OnceCell::new(),
                 key_cache_ttl: config.key_cache_ttl,
                 key_cache: Mutex::new(HashMap::new()),
+                api_keys: apikeys::Resolved::default(),
             }),
         }
     }

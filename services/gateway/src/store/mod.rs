@@ -1,5 +1,6 @@
 //! The gateway's tables: inbound endpoints and the event log; [`delivery`] the outbound side.
 
+pub mod apikeys;
 pub mod delivery;
 pub mod oauth;
 
@@ -112,6 +113,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "single sign-on states",
         postgres: oauth::SSO_STATES,
         sqlite: oauth::SSO_STATES,
+    },
+    Migration {
+        version: 7,
+        name: "API keys",
+        postgres: apikeys::MIGRATION,
+        sqlite: apikeys::MIGRATION,
     },
 ];
 
