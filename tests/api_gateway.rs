@@ -249,6 +249,35 @@ async fn credentials_over_rest_have_the_auth_errors_and_pagination_of_grpc() {
         !chunks.is_empty() && chunks.iter().all(|c| c["chunk"].is_string()),
         "{text}"
     );
+    // A client stream: one JSON message per line, the passphrase in the first.
+    let mut lines = Vec::new();
+    for (index, chunk) in chunks.iter().enumerate() {
+        let mut message = json!({"chunk": chunk["chunk"]});
+        if index == 0 {
+            message["passphrase"] = json!("a passphrase of some length");
+        }
+        lines.push(message.to_string());
+    }
+    let restored = rest
+        .http
+        .post(format!("{}/v1/backups:restore", rest.base))
+        .bearer_auth(&alice)
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .expect("restore");
+    assert_eq!(restored.status(), 200);
+    let restored: Value = restored.json().await.expect("json");
+    assert_eq!(restored["credentialsExisting"], 3, "{restored}");
+    assert_eq!(restored.get("credentialsCreated"), None, "{restored}");
+    let (status, _) = rest
+        .json(
+            Method::POST,
+            "/v1/backups:restore?passphrase=x",
+            Some(json!({"chunk": ""})),
+        )
+        .await;
+    assert_eq!(status, 400, "a client stream takes no query");
 
     // Errors: the same code and reason as gRPC, in the edge's one JSON shape.
     let (status, missing) = rest.json(Method::GET, "/v1/credentials/nope", None).await;

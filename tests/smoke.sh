@@ -103,6 +103,17 @@ codes=$(echo "$out" | python3 -c 'import json,sys; print(" ".join(e["principal"]
 [ "$(call VerifyAuditChain "$ACME" '{}' | field '["intact"]')" = True ] || die "a fresh audit chain does not verify"
 ok "every access is in the audit log; the chain verifies"
 
+# The same service over REST/JSON through the API gateway on the HTTP port, with plain curl.
+REST="http://127.0.0.1:$HTTP_PORT/v1"
+out=$(curl -sS -H "authorization: Bearer $ACME" "$REST/credentials/openai-prod:access")
+[ "$(echo "$out" | field '["payload"]["data"]')" = "$SECRET_B64" ] || die "REST access returned: $out"
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $GLOBEX" "$REST/credentials/openai-prod")
+[ "$status" = 404 ] || die "tenant globex got $status from acme's credential over REST"
+key=$(curl -sS -H "authorization: Bearer $ACME" -d '{"apiKey":{"scopes":["credentials.read"]}}' "$REST/apiKeys" | field '["key"]')
+out=$(curl -sS -H "x-api-key: $key" "$REST/credentials?fields=credentials.name")
+[ "$out" = '{"credentials":[{"name":"credentials/openai-prod"}]}' ] || die "an API key could not list over REST: $out"
+ok "over REST with curl: access, tenant isolation, an API key with ?fields="
+
 stop
 python3 - "$SWITCHYARD_DATA_DIR/credentials.db" <<'PY'
 import sqlite3, sys

@@ -328,6 +328,12 @@ async fn rest(State(api): State<Arc<Api>>, request: Request) -> Response {
     response
 }
 
+/// What is sent to the service: one message, or a client stream's messages.
+enum Outgoing {
+    One(DynamicMessage),
+    Stream(Vec<DynamicMessage>),
+}
+
 async fn serve(
     api: &Api,
     route: &Arc<Route>,
@@ -404,8 +410,12 @@ async fn serve(
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             with_standing(response)
         })?;
-    let message = transcode::request_message(route, bound, &query, &body)
-        .map_err(|err| with_standing(err.into_response()))?;
+    let outgoing = if route.client_streaming {
+        transcode::request_stream(route, bound, &query, &body).map(Outgoing::Stream)
+    } else {
+        transcode::request_message(route, bound, &query, &body).map(Outgoing::One)
+    }
+    .map_err(|err| with_standing(err.into_response()))?;
     let mut grpc = tonic::client::Grpc::new(api.upstream(&route.package));
     grpc.ready().await.map_err(|err| {
         with_standing(problem(
@@ -414,21 +424,30 @@ async fn serve(
             format!("the {} service is unreachable: {err}", route.package),
         ))
     })?;
-    let request = caller.grpc_request(message);
     let codec = DynamicCodec::new(route.output.clone());
-    if route.server_streaming {
-        let answer = grpc
-            .server_streaming(request, route.grpc_path.clone(), codec)
-            .await;
-        api.cache.invalidate(route, &caller.principal.tenant);
-        let stream = answer.map_err(|status| with_standing(status_response(&status)))?;
-        return Ok(with_standing(ndjson(
-            route.clone(),
-            mask,
-            stream.into_inner(),
-        )));
-    }
-    let answer = grpc.unary(request, route.grpc_path.clone(), codec).await;
+    let answer = match outgoing {
+        Outgoing::Stream(messages) => {
+            let stream = futures::stream::iter(messages);
+            grpc.client_streaming(caller.grpc_request(stream), route.grpc_path.clone(), codec)
+                .await
+        }
+        Outgoing::One(message) => {
+            let request = caller.grpc_request(message);
+            if route.server_streaming {
+                let answer = grpc
+                    .server_streaming(request, route.grpc_path.clone(), codec)
+                    .await;
+                api.cache.invalidate(route, &caller.principal.tenant);
+                let stream = answer.map_err(|status| with_standing(status_response(&status)))?;
+                return Ok(with_standing(ndjson(
+                    route.clone(),
+                    mask,
+                    stream.into_inner(),
+                )));
+            }
+            grpc.unary(request, route.grpc_path.clone(), codec).await
+        }
+    };
     api.cache.invalidate(route, &caller.principal.tenant);
     let message = answer
         .map_err(|status| with_standing(status_response(&status)))?

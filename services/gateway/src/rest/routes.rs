@@ -45,6 +45,8 @@ pub struct Route {
     pub response_body: Option<FieldDescriptor>,
     /// Whether the method streams its responses (sent as newline-delimited JSON).
     pub server_streaming: bool,
+    /// Whether the method takes a stream of requests (sent as newline-delimited JSON).
+    pub client_streaming: bool,
 }
 
 /// Why the annotations cannot be served.
@@ -125,10 +127,16 @@ impl Routes {
             ),
             None => return Err(invalid(method, "no HTTP pattern")),
         };
-        if method.is_client_streaming() {
+        if method.is_client_streaming() && method.is_server_streaming() {
             return Err(invalid(
                 method,
-                "client-streaming methods have no REST binding",
+                "bidirectional streams have no REST binding",
+            ));
+        }
+        if method.is_client_streaming() && rule.body != "*" {
+            return Err(invalid(
+                method,
+                "a client stream's body must be \"*\": one message per line",
             ));
         }
         let template = Template::parse(path)?;
@@ -183,6 +191,7 @@ impl Routes {
             body,
             response_body,
             server_streaming: method.is_server_streaming(),
+            client_streaming: method.is_client_streaming(),
         };
         self.by_method
             .entry(verb)
@@ -265,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn every_method_but_client_streams_has_a_rest_route_under_its_version() {
+    fn every_method_has_a_rest_route_under_its_version() {
         let (pool, routes) = switchyard_routes();
         for service in pool.services() {
             if !service.package_name().starts_with("switchyard.") {
@@ -276,15 +285,11 @@ mod tests {
                     .iter()
                     .filter(|r| r.full_name == method.full_name())
                     .count();
-                if method.is_client_streaming() {
-                    assert_eq!(bound, 0, "{}", method.full_name());
-                } else {
-                    assert!(
-                        bound > 0,
-                        "{} has no google.api.http route",
-                        method.full_name()
-                    );
-                }
+                assert!(
+                    bound > 0,
+                    "{} has no google.api.http route",
+                    method.full_name()
+                );
             }
         }
         assert_eq!(routes.versions(), vec!["v1".to_owned()]);

@@ -70,6 +70,39 @@ pub fn request_message(
         .map_err(|err| bad("body", err.to_string()))
 }
 
+/// The messages of a client stream: one JSON object per line of the body, each with the path's
+/// variables; the query names no field.
+pub fn request_stream(
+    route: &Route,
+    bound: Vec<(&str, String)>,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<Vec<DynamicMessage>, ApiError> {
+    if let Some((key, _)) = query.iter().find(|(key, _)| key != FIELDS_PARAMETER) {
+        return Err(bad(
+            key,
+            "a streamed request takes its fields in the body, not the query",
+        ));
+    }
+    let mut messages = Vec::new();
+    for (index, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let message = request_message(route, bound.clone(), &[], line).map_err(|err| {
+            bad(
+                &format!("body line {}", index + 1),
+                err.message().to_owned(),
+            )
+        })?;
+        messages.push(message);
+    }
+    if messages.is_empty() {
+        return Err(bad("body", "one JSON message per line; none was sent"));
+    }
+    Ok(messages)
+}
+
 /// The JSON names along a dotted path of proto (or JSON) field names.
 fn json_path(message: &MessageDescriptor, path: &str) -> Option<Vec<String>> {
     let mut current = message.clone();
