@@ -356,9 +356,18 @@ fn grpc_web_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn api_keys_act_as_their_principal_over_rest_grpc_and_grpc_web_until_revoked() {
+async fn api_keys_act_as_their_principal_over_rest_grpc_and_grpc_web_until_revoked_sqlite() {
+    api_keys_act_as_their_principal(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn api_keys_act_as_their_principal_over_rest_grpc_and_grpc_web_until_revoked_postgres() {
+    api_keys_act_as_their_principal(Backend::Postgres).await;
+}
+
+async fn api_keys_act_as_their_principal(backend: Backend) {
     let dir = tempfile::tempdir().expect("dir");
-    let server = TestServer::start(config(Backend::Sqlite, dir.path())).await;
+    let server = TestServer::start(config(backend, dir.path())).await;
     let admin = token("acme", "admin", &["credentials.*", "apikeys.*"]);
     let rest = Rest::new(&server, Some(&admin));
     let (status, _) = rest

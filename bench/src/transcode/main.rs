@@ -16,6 +16,8 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../harness.rs"]
+mod harness;
 #[path = "../machine.rs"]
 mod machine;
 #[path = "../process.rs"]
@@ -29,16 +31,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use switchyard_proto::credentials::v1 as cred;
 use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
 use tokio::process::Command;
 
+use crate::harness::Switchyard;
 use crate::machine::Machine;
 use crate::process::Process;
 
@@ -119,24 +119,7 @@ struct Row {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::main(run(Cli::parse()))
 }
 
 fn expand_home(path: &str) -> PathBuf {
@@ -148,13 +131,7 @@ fn expand_home(path: &str) -> PathBuf {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let machine = Machine::detect();
-    let switchyard = match &cli.switchyard_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's directory")?
-            .join("switchyard"),
-    };
+    let switchyard = harness::switchyard_binary(cli.switchyard_bin.as_ref())?;
     eprintln!(
         "machine: {} CPUs ({}), {}; harness build: {}",
         machine.cpus, machine.cpu_model, machine.kernel, machine.profile
@@ -162,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("transcode-bench-")
         .tempdir()?;
-    let server = start_switchyard(&switchyard, dir.path()).await?;
+    let server = harness::start_switchyard(&switchyard, dir.path(), SECRET, "").await?;
     let token = mint(&["credentials.*", "apikeys.*"])?;
     let key = prepare(&server, &token).await?;
 
@@ -257,55 +234,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Server {
-    process: Process,
-    grpc: SocketAddr,
-    http: SocketAddr,
-}
-
-async fn start_switchyard(binary: &Path, dir: &Path) -> anyhow::Result<Server> {
-    let config = format!(
-        "grpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n[auth]\nhs256_secret = \"{SECRET}\"\n",
-        dir.join("data").display()
-    );
-    let config_path = dir.join("switchyard.toml");
-    std::fs::write(&config_path, config)?;
-    let mut command = Command::new(binary);
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .arg("up")
-        .env_remove("RUST_LOG");
-    let mut process = Process::spawn("switchyard", command, &dir.join("switchyard.log"))?;
-    let started = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(&process.log).unwrap_or_default();
-        let find = |prefix: &str| {
-            log.lines()
-                .find_map(|line| line.trim().strip_prefix(prefix))
-                .map(|rest| rest.trim().trim_start_matches("http://").to_owned())
-        };
-        if let (Some(grpc), Some(http)) = (find("gRPC"), find("HTTP")) {
-            return Ok(Server {
-                process,
-                grpc: grpc.parse()?,
-                http: http.parse()?,
-            });
-        }
-        if process.exited() || started.elapsed() > Duration::from_secs(60) {
-            bail!("switchyard did not start:\n{}", process.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Stores the credential every call reads and creates an API key; returns the key.
-async fn prepare(server: &Server, token: &str) -> anyhow::Result<String> {
+async fn prepare(server: &Switchyard, token: &str) -> anyhow::Result<String> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc))?
         .connect()
         .await?;
     CredentialServiceClient::new(channel.clone())
-        .create_credential(authorized(
+        .create_credential(harness::authorized(
             cred::CreateCredentialRequest {
                 credential_id: "bench".into(),
                 credential: Some(cred::Credential {
@@ -325,7 +260,7 @@ async fn prepare(server: &Server, token: &str) -> anyhow::Result<String> {
         .context("storing the credential")?;
     use switchyard_proto::gateway::v1 as keys;
     let created = keys::api_key_service_client::ApiKeyServiceClient::new(channel)
-        .create_api_key(authorized(
+        .create_api_key(harness::authorized(
             keys::CreateApiKeyRequest {
                 api_key: Some(keys::ApiKey {
                     scopes: vec!["credentials.read".into()],
@@ -423,34 +358,7 @@ async fn start_envoy(
 }
 
 fn mint(scopes: &[&str]) -> anyhow::Result<String> {
-    Ok(switchyard_auth::mint(
-        SECRET.as_bytes(),
-        &switchyard_auth::TokenRequest {
-            issuer: "switchyard".into(),
-            audience: "switchyard".into(),
-            subject: "transcode-bench".into(),
-            tenant: "bench".into(),
-            tenant_claim: "tenant".into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ttl: Duration::from_secs(24 * 3600),
-        },
-    )?)
-}
-
-fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
-async fn connect_http(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
+    harness::token(SECRET, "transcode-bench", scopes)
 }
 
 /// One caller: calls until stopped, recording the latency of measured calls.
@@ -469,7 +377,7 @@ async fn caller(
                 .await?;
             let mut client = CredentialServiceClient::new(channel);
             while !stop.load(Ordering::Relaxed) {
-                let request = authorized(
+                let request = harness::authorized(
                     cred::GetCredentialRequest {
                         name: "credentials/bench".into(),
                     },
@@ -485,7 +393,7 @@ async fn caller(
             }
         }
         Target::Rest { addr, header } => {
-            let mut connection = connect_http(addr).await?;
+            let mut connection = harness::connect_http1(addr).await?;
             while !stop.load(Ordering::Relaxed) {
                 let request = http::Request::get(PATH)
                     .header(http::header::HOST, addr.to_string())
@@ -500,7 +408,7 @@ async fn caller(
                         status.is_success() && body.starts_with(b"{\"credential\"")
                     }
                     Err(_) => {
-                        connection = connect_http(addr).await?;
+                        connection = harness::connect_http1(addr).await?;
                         false
                     }
                 };
@@ -527,22 +435,6 @@ fn record(
     Ok(())
 }
 
-/// CPU seconds (user + system) of `pid` and its threads.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rfind(')')
-        .map(|close| stat[close + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 async fn measure(
     cli: &Cli,
     scenario: Scenario,
@@ -557,7 +449,11 @@ async fn measure(
         .collect();
     tokio::time::sleep(cli.warmup).await;
     measuring.store(true, Ordering::Relaxed);
-    let cpu = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let cpu = || {
+        pids.iter()
+            .map(|pid| harness::cpu_seconds(*pid))
+            .sum::<f64>()
+    };
     let cpu_before = cpu();
     let started = Instant::now();
     tokio::time::sleep(cli.duration).await;

@@ -11,6 +11,8 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../harness.rs"]
+mod harness;
 #[path = "../machine.rs"]
 mod machine;
 #[path = "../process.rs"]
@@ -18,7 +20,7 @@ mod process;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,16 +31,13 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use switchyard_proto::credentials::v1 as cred;
 use switchyard_proto::credentials::v1::credential_service_client::CredentialServiceClient;
 use switchyard_proto::events::v1 as pb;
 use switchyard_proto::events::v1::event_service_client::EventServiceClient;
-use tokio::process::Command;
 
+use crate::harness::Switchyard;
 use crate::machine::Machine;
-use crate::process::Process;
 
 const SECRET: &str = "webhook-bench-hs256-secret-0123456789abcdef";
 const HOOK_SECRET: &str = "webhook-bench-github-secret";
@@ -87,35 +86,12 @@ struct Row {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    harness::main(run(Cli::parse()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let machine = Machine::detect();
-    let switchyard = match &cli.switchyard_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's directory")?
-            .join("switchyard"),
-    };
+    let switchyard = harness::switchyard_binary(cli.switchyard_bin.as_ref())?;
     eprintln!(
         "machine: {} CPUs ({}), {}; harness build: {}",
         machine.cpus, machine.cpu_model, machine.kernel, machine.profile
@@ -149,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if stored != acknowledged {
             bail!("{backend}: {acknowledged} deliveries acknowledged but {stored} events stored");
         }
-        server.process.stop().await;
+        server.up.process.stop().await;
     }
     report(&machine, &cli, &rows);
     Ok(())
@@ -167,14 +143,12 @@ impl Row {
 }
 
 struct Server {
-    process: Process,
-    grpc: SocketAddr,
-    http: SocketAddr,
+    up: Switchyard,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    async fn start(binary: &PathBuf, backend: &str, postgres_url: &str) -> anyhow::Result<Server> {
+    async fn start(binary: &Path, backend: &str, postgres_url: &str) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("webhook-bench-")
             .tempdir()?;
@@ -192,46 +166,13 @@ impl Server {
             }
             other => bail!("unknown backend {other:?}: sqlite or postgres"),
         };
-        let config = format!(
-            "grpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n[auth]\nhs256_secret = \"{SECRET}\"\n{database}",
-            dir.path().join("data").display()
-        );
-        let config_path = dir.path().join("switchyard.toml");
-        std::fs::write(&config_path, config)?;
-        let mut command = Command::new(binary);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .arg("up")
-            .env_remove("RUST_LOG");
-        let mut process =
-            Process::spawn("switchyard", command, &dir.path().join("switchyard.log"))?;
-        let started = Instant::now();
-        loop {
-            let log = std::fs::read_to_string(&process.log).unwrap_or_default();
-            let find = |prefix: &str| {
-                log.lines()
-                    .find_map(|line| line.trim().strip_prefix(prefix))
-                    .map(|rest| rest.trim().trim_start_matches("http://").to_owned())
-            };
-            if let (Some(grpc), Some(http)) = (find("gRPC"), find("HTTP")) {
-                return Ok(Server {
-                    process,
-                    grpc: grpc.parse()?,
-                    http: http.parse()?,
-                    _dir: dir,
-                });
-            }
-            if process.exited() || started.elapsed() > Duration::from_secs(60) {
-                bail!("switchyard did not start:\n{}", process.log_tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let up = harness::start_switchyard(binary, dir.path(), SECRET, &database).await?;
+        Ok(Server { up, _dir: dir })
     }
 
     async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         Ok(
-            tonic::transport::Channel::from_shared(format!("http://{}", self.grpc))?
+            tonic::transport::Channel::from_shared(format!("http://{}", self.up.grpc))?
                 .connect()
                 .await?,
         )
@@ -241,7 +182,7 @@ impl Server {
     async fn endpoint(&self) -> anyhow::Result<String> {
         let admin = token(&["credentials.*", "events.*"])?;
         CredentialServiceClient::new(self.channel().await?)
-            .create_credential(authorized(
+            .create_credential(harness::authorized(
                 cred::CreateCredentialRequest {
                     credential_id: "github-hook".into(),
                     credential: Some(cred::Credential {
@@ -258,7 +199,7 @@ impl Server {
             .await
             .context("storing the webhook secret")?;
         let endpoint = EventServiceClient::new(self.channel().await?)
-            .create_inbound_endpoint(authorized(
+            .create_inbound_endpoint(harness::authorized(
                 pb::CreateInboundEndpointRequest {
                     endpoint: Some(pb::InboundEndpoint {
                         source: pb::Source::Github as i32,
@@ -285,7 +226,7 @@ impl Server {
         let mut page_token = String::new();
         loop {
             let page = client
-                .list_events(authorized(
+                .list_events(harness::authorized(
                     pb::ListEventsRequest {
                         page_size: 1000,
                         page_token: page_token.clone(),
@@ -309,26 +250,7 @@ impl Server {
 }
 
 fn token(scopes: &[&str]) -> anyhow::Result<String> {
-    Ok(switchyard_auth::mint(
-        SECRET.as_bytes(),
-        &switchyard_auth::TokenRequest {
-            issuer: "switchyard".into(),
-            audience: "switchyard".into(),
-            subject: "webhook-bench".into(),
-            tenant: "bench".into(),
-            tenant_claim: "tenant".into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ttl: Duration::from_secs(24 * 3600),
-        },
-    )?)
-}
-
-fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
+    harness::token(SECRET, "webhook-bench", scopes)
 }
 
 /// A GitHub `push` payload of about `size` bytes, unique to `delivery`.
@@ -352,14 +274,6 @@ fn sign(body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
 struct Outcome {
     /// Latencies of acknowledged posts sent after the warm-up.
     latency: Histogram<u64>,
@@ -377,7 +291,7 @@ async fn sender(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
-    let mut connection = connect(http).await?;
+    let mut connection = harness::connect_http1(http).await?;
     let mut outcome = Outcome {
         latency: Histogram::new(3)?,
         warmup_acknowledged: 0,
@@ -405,7 +319,7 @@ async fn sender(
                 status.is_success()
             }
             Err(_) => {
-                connection = connect(http).await?;
+                connection = harness::connect_http1(http).await?;
                 false
             }
         };
@@ -421,22 +335,6 @@ async fn sender(
     Ok(outcome)
 }
 
-/// CPU seconds (user + system) of `pid` and its threads.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rfind(')')
-        .map(|close| stat[close + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 async fn measure(
     cli: &Cli,
     server: &Server,
@@ -450,7 +348,7 @@ async fn measure(
     let senders: Vec<_> = (0..concurrency)
         .map(|worker| {
             tokio::spawn(sender(
-                server.http,
+                server.up.http,
                 path.to_owned(),
                 worker,
                 label.clone(),
@@ -462,11 +360,11 @@ async fn measure(
         .collect();
     tokio::time::sleep(cli.warmup).await;
     measuring.store(true, Ordering::Relaxed);
-    let cpu_before = cpu_seconds(server.process.pid);
+    let cpu_before = harness::cpu_seconds(server.up.process.pid);
     let started = Instant::now();
     tokio::time::sleep(cli.duration).await;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_seconds = cpu_seconds(server.process.pid) - cpu_before;
+    let cpu_seconds = harness::cpu_seconds(server.up.process.pid) - cpu_before;
     stop.store(true, Ordering::Relaxed);
     let mut latency = Histogram::new(3)?;
     let mut errors = 0;

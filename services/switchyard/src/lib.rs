@@ -322,6 +322,25 @@ impl ReadinessCheck for SecretsReady {
     }
 }
 
+/// A token of this installation's issuer and audience, for `subject` with `scopes`; the tenant is
+/// filled in per token.
+fn token_template(
+    config: &Config,
+    subject: &str,
+    scopes: &[&str],
+    ttl: std::time::Duration,
+) -> switchyard_auth::TokenRequest {
+    switchyard_auth::TokenRequest {
+        issuer: config.auth.issuer.clone(),
+        audience: config.auth.audience.clone(),
+        subject: subject.to_owned(),
+        tenant: String::new(),
+        tenant_claim: config.auth.tenant_claim.clone(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ttl,
+    }
+}
+
 /// The URL this process's own gRPC listener is reached at from inside it.
 fn own_grpc_url(own_grpc: SocketAddr) -> String {
     let host = if own_grpc.ip().is_unspecified() {
@@ -352,15 +371,7 @@ fn api_gateway(
     let key_tokens = config.auth.hs256_secret.clone().map(|secret| {
         KeyTokens::new(
             secret,
-            switchyard_auth::TokenRequest {
-                issuer: config.auth.issuer.clone(),
-                audience: config.auth.audience.clone(),
-                subject: String::new(),
-                tenant: String::new(),
-                tenant_claim: config.auth.tenant_claim.clone(),
-                scopes: Vec::new(),
-                ttl: std::time::Duration::ZERO,
-            },
+            token_template(config, "", &[], std::time::Duration::ZERO),
         )
     });
     let audited = ServiceName::ALL
@@ -405,15 +416,12 @@ fn credential_reader(
         (Some(token), _) => ServiceToken::Static(token.clone()),
         (None, Some(secret)) => ServiceToken::Minted {
             secret: secret.clone(),
-            request: switchyard_auth::TokenRequest {
-                issuer: config.auth.issuer.clone(),
-                audience: config.auth.audience.clone(),
-                subject: subject.to_owned(),
-                tenant: String::new(),
-                tenant_claim: config.auth.tenant_claim.clone(),
-                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-                ttl: std::time::Duration::from_secs(3600),
-            },
+            request: token_template(
+                config,
+                subject,
+                scopes,
+                std::time::Duration::from_secs(3600),
+            ),
         },
         (None, None) => return Ok(None),
     };
@@ -497,15 +505,7 @@ fn gateway_outside(
             signing_key: config.auth.hs256_secret.clone().context(
                 "gateway.sso: Switchyard signs the tokens it issues with auth.hs256_secret; set it",
             )?,
-            token_template: switchyard_auth::TokenRequest {
-                issuer: config.auth.issuer.clone(),
-                audience: config.auth.audience.clone(),
-                subject: String::new(),
-                tenant: String::new(),
-                tenant_claim: config.auth.tenant_claim.clone(),
-                scopes: Vec::new(),
-                ttl: sso.token_ttl,
-            },
+            token_template: token_template(config, "", &[], sso.token_ttl),
         }),
     };
     let oauth = switchyard_gateway::domain::oauth::OAuthOutside {

@@ -246,12 +246,12 @@ fn invalid(method: &MethodDescriptor, problem: &str) -> RouteError {
     }
 }
 
-/// The field at a dotted path of proto field names, through singular message fields.
+/// The field at a dotted path of proto (or JSON) field names, through singular message fields.
 pub fn resolve(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
     let mut current = message.clone();
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let field = current.get_field_by_name(part)?;
+        let field = field_named(&current, part)?;
         if parts.peek().is_none() {
             return Some(field);
         }
@@ -261,6 +261,13 @@ pub fn resolve(message: &MessageDescriptor, path: &str) -> Option<FieldDescripto
         }
     }
     None
+}
+
+/// A field by its proto name or its JSON name.
+pub fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
 }
 
 #[cfg(test)]

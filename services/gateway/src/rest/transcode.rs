@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use bytes::Buf;
 use prost::Message;
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+    DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde_json::{Map, Value};
 use switchyard_kit::{ApiError, FieldViolation};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::routes::{BodyField, Route};
+use super::routes::{BodyField, Route, field_named, resolve};
 
 /// The query parameter that selects response fields; it is not a request field.
 pub const FIELDS_PARAMETER: &str = "fields";
@@ -121,12 +121,6 @@ fn json_path(message: &MessageDescriptor, path: &str) -> Option<Vec<String>> {
     Some(names)
 }
 
-fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
-    message
-        .get_field_by_name(name)
-        .or_else(|| message.get_field_by_json_name(name))
-}
-
 fn insert_at(
     object: &mut Map<String, Value>,
     names: &[String],
@@ -221,7 +215,7 @@ fn set_query_parameter(
     };
     let unknown = || bad(key, "no such field");
     let names = json_path(input, path).ok_or_else(unknown)?;
-    let field = leaf(input, path).ok_or_else(unknown)?;
+    let field = resolve(input, path).ok_or_else(unknown)?;
     let (parents, last) = names.split_at(names.len() - 1);
     let mut current = &mut *object;
     for name in parents {
@@ -266,22 +260,6 @@ fn set_query_parameter(
         }
     }
     Ok(())
-}
-
-fn leaf(input: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
-    let mut current = input.clone();
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let field = field_named(&current, part)?;
-        if parts.peek().is_none() {
-            return Some(field);
-        }
-        match field.kind() {
-            Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
-            _ => return None,
-        }
-    }
-    None
 }
 
 /// A `?fields=` mask: the response fields to keep, as a tree of JSON names.
