@@ -701,3 +701,69 @@ async fn request_ids_are_propagated_and_bodies_are_bounded() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_gateway_of_its_own_serves_the_credentials_service_of_another_process() {
+    let credentials_dir = tempfile::tempdir().expect("dir");
+    let credentials = TestServer::start_services(
+        config(Backend::Sqlite, credentials_dir.path()),
+        &[switchyard::ServiceName::Credentials],
+    )
+    .await;
+    let gateway_dir = tempfile::tempdir().expect("dir");
+    let mut gateway_config = config(Backend::Sqlite, gateway_dir.path());
+    let upstream = format!("http://{}", credentials.grpc);
+    gateway_config.gateway.credentials_url = Some(upstream.clone());
+    gateway_config.gateway.api.upstreams =
+        [("switchyard.credentials.v1".to_owned(), upstream)].into();
+    gateway_config.gateway.api.cors_allowed_origins = vec!["https://console.example".into()];
+    let gateway =
+        TestServer::start_services(gateway_config, &[switchyard::ServiceName::Gateway]).await;
+
+    let alice = Rest::new(
+        &gateway,
+        Some(&token("acme", "alice", &["credentials.*", "events.*"])),
+    );
+    let (status, created) = alice
+        .json(
+            Method::POST,
+            "/v1/credentials",
+            Some(create_body("a-key", "prod")),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    // It is in the other process.
+    let stored = credentials
+        .credentials(Some(token("acme", "alice", ALL_SCOPES)))
+        .await
+        .get_credential(pb::GetCredentialRequest {
+            name: "credentials/a-key".into(),
+        })
+        .await
+        .expect("stored by the credentials process");
+    assert_eq!(
+        stored.into_inner().credential.expect("credential").name,
+        "credentials/a-key"
+    );
+    // The gateway's own APIs are served by itself.
+    let (status, _) = alice.json(Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 200);
+    // A browser page of an allowed origin may call.
+    let preflight = reqwest::Client::new()
+        .request(
+            Method::OPTIONS,
+            format!("http://{}/v1/credentials", gateway.http),
+        )
+        .header("origin", "https://console.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://console.example"
+    );
+    gateway.stop().await;
+    credentials.stop().await;
+}
