@@ -767,3 +767,43 @@ async fn a_gateway_of_its_own_serves_the_credentials_service_of_another_process(
     gateway.stop().await;
     credentials.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_count_rate_limits_together_in_redis() {
+    let redis = std::env::var("SWITCHYARD_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let rules: toml::Table = toml::from_str(
+        r#"rules = [{ route = "switchyard.credentials.v1.CredentialService.*", per = ["tenant"], requests = 3, period = "1m" }]"#,
+    )
+    .expect("toml");
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = config(Backend::Sqlite, dir.path());
+        config.gateway.api.rate_limits = rules["rules"].clone().try_into().expect("rules");
+        config.gateway.api.rate_limit_redis = Some(redis.clone().into());
+        replicas.push(TestServer::start(config).await);
+        dirs.push(dir);
+    }
+    // A tenant of its own, so that a run within a minute of the last starts with full buckets.
+    let tenant = format!("t{}", uuid::Uuid::new_v4().simple());
+    let bearer = token(&tenant, "alice", ALL_SCOPES);
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for replica in [0, 1, 0, 1] {
+            let rest = Rest::new(&replicas[replica], Some(&bearer));
+            let answer = rest.call(Method::GET, "/v1/credentials", None).await;
+            statuses.push(answer.status().as_u16());
+        }
+        statuses
+    };
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "three a minute for the tenant, across replicas"
+    );
+    for replica in replicas {
+        replica.stop().await;
+    }
+}

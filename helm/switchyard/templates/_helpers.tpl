@@ -271,7 +271,7 @@ null or "" are left out. Call with (list $map "dotted.prefix").
 {{- fail "switchyard: secrets.backend=embedded needs secrets.embedded.existingSecret (a Secret holding base64 of 32 random bytes)" }}
 {{- end }}
 {{- $extra := $v.extraConfig | default dict }}
-{{- $forbidden := list (list "database" "url") (list "auth" "hs256_secret") (list "secrets" "master_key") (list "secrets" "auth" "secret_id") (list "secrets" "auth" "token") }}
+{{- $forbidden := list (list "database" "url") (list "auth" "hs256_secret") (list "secrets" "master_key") (list "secrets" "auth" "secret_id") (list "secrets" "auth" "token") (list "gateway" "api" "rate_limit_redis") (list "gateway" "credentials_token") (list "gateway" "oauth_state_key") (list "ai" "credentials_token") }}
 {{- range $forbidden }}
 {{- $node := $extra }}
 {{- $found := true }}

@@ -146,6 +146,10 @@ pub struct ApiConfig {
     pub upstreams: BTreeMap<String, String>,
     /// `[[gateway.api.rate_limits]]`: every rule that names a call applies to it.
     pub rate_limits: Vec<RateLimitRule>,
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`): rate-limit buckets shared by every
+    /// replica. Unset: each replica counts on its own. While Redis cannot answer, calls are let
+    /// through and the failure is logged and counted.
+    pub rate_limit_redis: Option<secrecy::SecretString>,
     /// `[gateway.api.cache]`: answers to safe reads kept for a while.
     pub cache: CacheConfig,
     /// Deprecated API versions by route prefix, e.g. `v1 = { deprecation = "2026-11-01T00:00:00Z",
@@ -164,6 +168,7 @@ impl Default for ApiConfig {
             enabled: true,
             upstreams: BTreeMap::new(),
             rate_limits: Vec::new(),
+            rate_limit_redis: None,
             cache: CacheConfig::default(),
             deprecated_versions: BTreeMap::new(),
             cors_allowed_origins: Vec::new(),

@@ -354,7 +354,7 @@ fn own_grpc_url(own_grpc: SocketAddr) -> String {
 /// The API gateway in front of every service: REST/JSON, gRPC-Web and gRPC on the HTTP edge,
 /// calling the services on this process's gRPC listener unless `gateway.api.upstreams` says
 /// otherwise.
-fn api_gateway(
+async fn api_gateway(
     config: &Config,
     own_grpc: SocketAddr,
     verifier: Arc<Verifier>,
@@ -384,6 +384,18 @@ fn api_gateway(
                 .map(move |method| format!("{}.{method}", table.service))
         })
         .collect();
+    let rate_limit_redis = match &config.gateway.api.rate_limit_redis {
+        None => None,
+        Some(url) => Some(
+            redis::Client::open(url.expose_secret())
+                .context("gateway.api.rate_limit_redis is not a Redis URL")?
+                .get_connection_manager_with_config(
+                    switchyard_gateway::rest::ratelimit::connection_config(),
+                )
+                .await
+                .context("gateway.api.rate_limit_redis: cannot connect")?,
+        ),
+    };
     let api = Api::new(
         &config.gateway.api,
         ApiOutside {
@@ -391,6 +403,7 @@ fn api_gateway(
             own_grpc,
             callers: Callers::new(verifier, gateway, key_tokens),
             audited,
+            rate_limit_redis,
         },
     )
     .context("gateway.api")?;
@@ -668,12 +681,15 @@ pub async fn run(
                     config.gateway.max_body_bytes,
                 ));
                 if config.gateway.api.enabled {
-                    host.merge_http(api_gateway(
-                        &config,
-                        grpc.local_addr()?,
-                        verifier.clone(),
-                        gateway.clone(),
-                    )?);
+                    host.merge_http(
+                        api_gateway(
+                            &config,
+                            grpc.local_addr()?,
+                            verifier.clone(),
+                            gateway.clone(),
+                        )
+                        .await?,
+                    );
                 }
                 host.add_readiness_check("gateway.database", Arc::new(DbReady(db)));
                 jobs.push(tokio::spawn(

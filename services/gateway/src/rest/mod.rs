@@ -49,6 +49,8 @@ pub struct ApiOutside {
     /// Methods whose handler audits each call (`package.Service.Method`): never cached, since a
     /// cached answer would skip the audit entry.
     pub audited: HashSet<String>,
+    /// Where rate-limit buckets are shared by every replica; `None`: this replica's memory.
+    pub rate_limit_redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// Why the gateway cannot start.
@@ -110,7 +112,8 @@ impl Api {
                 grpc_methods.push(format!("/{}/{}", service.full_name(), method.name()));
             }
         }
-        let limits = RateLimits::new(&config.rate_limits, &methods).map_err(config_error)?;
+        let limits = RateLimits::new(&config.rate_limits, &methods, outside.rate_limit_redis)
+            .map_err(config_error)?;
         let mut ttl = HashMap::new();
         for (method, time) in &config.cache.routes {
             let key = format!("gateway.api.cache.routes.{method}");
@@ -270,10 +273,11 @@ impl IntoResponse for Limited {
 }
 
 /// Counts the call against the rate limits: the standing to report, or the refusal.
-fn admit(api: &Api, caller: &Caller, method: &str) -> Result<Option<Standing>, Limited> {
+async fn admit(api: &Api, caller: &Caller, method: &str) -> Result<Option<Standing>, Limited> {
     match api
         .limits
         .check(&caller.principal.tenant, &caller.principal.subject, method)
+        .await
     {
         Verdict::Unlimited => Ok(None),
         Verdict::Allowed(standing) => Ok(Some(standing)),
@@ -346,7 +350,9 @@ async fn serve(
         .authenticate(&parts.headers)
         .await
         .map_err(IntoResponse::into_response)?;
-    let standing = admit(api, &caller, &route.full_name).map_err(IntoResponse::into_response)?;
+    let standing = admit(api, &caller, &route.full_name)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let with_standing = |mut response: Response| {
         if let Some(standing) = &standing {
             rate_headers(standing, response.headers_mut());

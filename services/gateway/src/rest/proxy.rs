@@ -58,7 +58,7 @@ where
                 Ok(caller) => caller,
                 Err(err) => return Ok(refusal(err.into_status())),
             };
-            let standing = match admit(&api, &caller, &format!("{service}.{method}")) {
+            let standing = match admit(&api, &caller, &format!("{service}.{method}")).await {
                 Ok(standing) => standing,
                 Err(limited) => return Ok(refusal(limited.error.into_status())),
             };

@@ -1,5 +1,6 @@
-//! Rate limits per tenant, principal and route: a GCRA bucket (governor) per rule and key, and
-//! the `RateLimit-*` headers that tell callers where they stand.
+//! Rate limits per tenant, principal and route: a GCRA bucket per rule and key, and the
+//! `RateLimit-*` headers that tell callers where they stand. Buckets live in this replica's memory
+//! (governor), or in Redis, shared by every replica, when `gateway.api.rate_limit_redis` is set.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -39,6 +40,9 @@ impl Calls {
 }
 
 struct Rule {
+    /// Names the rule's buckets in Redis: replicas with the same rule share them, and a changed
+    /// rule starts afresh.
+    id: String,
     calls: Calls,
     per: Vec<LimitDimension>,
     requests: u32,
@@ -86,17 +90,69 @@ pub enum Verdict {
     },
 }
 
+/// GCRA in one atomic step on the Redis server's clock. KEYS[1]: the bucket (its theoretical
+/// arrival time, µs); ARGV: the emission interval and the burst. Returns allowed (0 or 1), calls
+/// remaining, µs until a call would be allowed, µs until the bucket is full again.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+";
+
+/// How the gateway talks to Redis: a call waits at most this long for it, since every API call
+/// waits for its count.
+pub fn connection_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_millis(250)))
+        .set_number_of_retries(1)
+}
+
+/// How often a failing Redis is logged, at most.
+const REDIS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Buckets shared by every replica.
+struct Shared {
+    connection: redis::aio::ConnectionManager,
+    script: redis::Script,
+    last_logged: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
 /// Every configured rule.
-#[derive(Debug)]
 pub struct RateLimits {
     rules: Vec<Rule>,
     clock: DefaultClock,
     checks: AtomicU64,
+    shared: Option<Shared>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("rules", &self.rules)
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimits {
-    /// The rules, each naming `*`, a service or a method in `methods` (`package.Service.Method`).
-    pub fn new(rules: &[RateLimitRule], methods: &HashSet<String>) -> Result<Self, String> {
+    /// The rules, each naming `*`, a service or a method in `methods` (`package.Service.Method`),
+    /// with their buckets in `redis` if given.
+    pub fn new(
+        rules: &[RateLimitRule],
+        methods: &HashSet<String>,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> Result<Self, String> {
         let mut built = Vec::with_capacity(rules.len());
         for (index, rule) in rules.iter().enumerate() {
             let calls = if rule.route == "*" {
@@ -124,7 +180,15 @@ impl RateLimits {
             let quota = Quota::with_period(rule.period / rule.requests)
                 .ok_or_else(|| format!("gateway.api.rate_limits[{index}]: period is too short"))?
                 .allow_burst(requests);
+            let per: Vec<String> = rule.per.iter().map(|d| format!("{d:?}")).collect();
             built.push(Rule {
+                id: format!(
+                    "{}|{}|{}|{}",
+                    rule.route,
+                    per.join(","),
+                    rule.requests,
+                    rule.period.as_micros()
+                ),
                 calls,
                 per: rule.per.clone(),
                 requests: rule.requests,
@@ -136,6 +200,11 @@ impl RateLimits {
             rules: built,
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
+            shared: redis.map(|connection| Shared {
+                connection,
+                script: redis::Script::new(GCRA),
+                last_logged: std::sync::Mutex::new(None),
+            }),
         })
     }
 
@@ -145,8 +214,10 @@ impl RateLimits {
     }
 
     /// Counts a call of `method` by `principal` of `tenant` against every rule that names it.
-    pub fn check(&self, tenant: &str, principal: &str, method: &str) -> Verdict {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+    pub async fn check(&self, tenant: &str, principal: &str, method: &str) -> Verdict {
+        if self.shared.is_none()
+            && self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1
+        {
             for rule in &self.rules {
                 rule.limiter.retain_recent();
             }
@@ -162,15 +233,16 @@ impl RateLimits {
                 });
                 key.push('\u{1f}');
             }
+            let Some(counted) = self.count(rule, &key).await else {
+                continue;
+            };
             let policy = format!("{};w={}", rule.requests, rule.period.as_secs().max(1));
-            let interval = rule.period / rule.requests;
-            match rule.limiter.check_key(&key) {
-                Ok(snapshot) => {
-                    let remaining = snapshot.remaining_burst_capacity();
+            match counted {
+                Counted::Allowed { remaining, reset } => {
                     let standing = Standing {
                         limit: rule.requests,
                         remaining,
-                        reset: interval * rule.requests.saturating_sub(remaining),
+                        reset,
                         policy,
                     };
                     if tightest
@@ -180,13 +252,12 @@ impl RateLimits {
                         tightest = Some(standing);
                     }
                 }
-                Err(not_until) => {
-                    let retry_after = not_until.wait_time_from(self.clock.now());
+                Counted::Refused { retry_after, reset } => {
                     return Verdict::Limited {
                         standing: Standing {
                             limit: rule.requests,
                             remaining: 0,
-                            reset: interval * rule.requests,
+                            reset,
                             policy,
                         },
                         retry_after,
@@ -196,6 +267,69 @@ impl RateLimits {
         }
         tightest.map_or(Verdict::Unlimited, Verdict::Allowed)
     }
+
+    /// Counts one call in `rule`'s bucket `key`; `None` when the shared store cannot answer, in
+    /// which case the call is let through (an outage of Redis must not stop the APIs).
+    async fn count(&self, rule: &Rule, key: &str) -> Option<Counted> {
+        let interval = rule.period / rule.requests;
+        let Some(shared) = &self.shared else {
+            return Some(match rule.limiter.check_key(&key.to_owned()) {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    Counted::Allowed {
+                        remaining,
+                        reset: interval * rule.requests.saturating_sub(remaining),
+                    }
+                }
+                Err(not_until) => Counted::Refused {
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                    reset: interval * rule.requests,
+                },
+            });
+        };
+        let bucket = format!("switchyard:ratelimit:{}:{key}", rule.id);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let answer: redis::RedisResult<(u8, u32, u64, u64)> = shared
+            .script
+            .key(bucket)
+            .arg(interval_us)
+            .arg(rule.requests)
+            .invoke_async(&mut shared.connection.clone())
+            .await;
+        match answer {
+            Ok((1, remaining, _, reset)) => Some(Counted::Allowed {
+                remaining,
+                reset: Duration::from_micros(reset),
+            }),
+            Ok((_, _, retry_after, reset)) => Some(Counted::Refused {
+                retry_after: Duration::from_micros(retry_after),
+                reset: Duration::from_micros(reset),
+            }),
+            Err(err) => {
+                metrics::counter!("switchyard_gateway_rate_limit_store_errors_total").increment(1);
+                let mut last = shared.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+                if last.is_none_or(|at| at.elapsed() >= REDIS_LOG_EVERY) {
+                    *last = Some(std::time::Instant::now());
+                    tracing::warn!(error = %err, "rate limits cannot reach Redis: calls are let through");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// One call counted in one bucket.
+enum Counted {
+    Allowed {
+        remaining: u32,
+        reset: Duration,
+    },
+    Refused {
+        retry_after: Duration,
+        reset: Duration,
+    },
 }
 
 #[cfg(test)]
@@ -218,65 +352,155 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn buckets_are_kept_per_tenant_principal_and_route() {
-        let limits = RateLimits::new(
-            &[rule(
-                "a.S.*",
-                &[LimitDimension::Principal, LimitDimension::Route],
-                2,
-            )],
-            &methods(),
-        )
-        .unwrap();
-        assert!(
-            matches!(limits.check("t", "p", "a.S.Get"), Verdict::Allowed(s) if s.remaining == 1)
+    /// Three calls of one principal and route allowed twice a minute, then another route and
+    /// another principal, as `limits` counts them.
+    async fn per_principal_and_route(first: &RateLimits, second: &RateLimits, tenant: &str) {
+        let remaining = |verdict: Verdict| match verdict {
+            Verdict::Allowed(standing) => Some(standing.remaining),
+            _ => None,
+        };
+        assert_eq!(
+            remaining(first.check(tenant, "p", "a.S.Get").await),
+            Some(1)
         );
-        assert!(
-            matches!(limits.check("t", "p", "a.S.Get"), Verdict::Allowed(s) if s.remaining == 0)
+        assert_eq!(
+            remaining(second.check(tenant, "p", "a.S.Get").await),
+            Some(0)
         );
         let Verdict::Limited {
             retry_after,
             standing,
-        } = limits.check("t", "p", "a.S.Get")
+        } = first.check(tenant, "p", "a.S.Get").await
         else {
             panic!("a third call in the minute must be limited");
         };
-        assert!(retry_after > Duration::from_secs(20) && retry_after <= Duration::from_secs(30));
+        assert!(
+            retry_after > Duration::from_secs(20) && retry_after <= Duration::from_secs(30),
+            "{retry_after:?}"
+        );
         assert_eq!(standing.policy, "2;w=60");
         // Another route, another principal: their own buckets. Another service: no rule.
-        assert!(matches!(
-            limits.check("t", "p", "a.S.List"),
-            Verdict::Allowed(_)
-        ));
-        assert!(matches!(
-            limits.check("t", "q", "a.S.Get"),
-            Verdict::Allowed(_)
-        ));
-        assert_eq!(limits.check("t", "p", "b.T.Do"), Verdict::Unlimited);
+        assert_eq!(
+            remaining(second.check(tenant, "p", "a.S.List").await),
+            Some(1)
+        );
+        assert_eq!(
+            remaining(first.check(tenant, "q", "a.S.Get").await),
+            Some(1)
+        );
+        assert_eq!(first.check(tenant, "p", "b.T.Do").await, Verdict::Unlimited);
     }
 
-    #[test]
-    fn the_tightest_rule_is_reported_and_unknown_routes_refused() {
+    fn route_rules() -> Vec<RateLimitRule> {
+        vec![rule(
+            "a.S.*",
+            &[LimitDimension::Principal, LimitDimension::Route],
+            2,
+        )]
+    }
+
+    #[tokio::test]
+    async fn buckets_are_kept_per_tenant_principal_and_route() {
+        let limits = RateLimits::new(&route_rules(), &methods(), None).unwrap();
+        per_principal_and_route(&limits, &limits, "t").await;
+    }
+
+    #[tokio::test]
+    async fn replicas_share_their_buckets_through_redis() {
+        let url = std::env::var("SWITCHYARD_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let connect = || async {
+            redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection_manager_with_config(connection_config())
+                .await
+                .expect("the test Redis (tests/run starts it)")
+        };
+        // Two replicas, one count: the principal's third call is refused by either.
+        let first = RateLimits::new(&route_rules(), &methods(), Some(connect().await)).unwrap();
+        let second = RateLimits::new(&route_rules(), &methods(), Some(connect().await)).unwrap();
+        let tenant = uuid::Uuid::new_v4().to_string();
+        per_principal_and_route(&first, &second, &tenant).await;
+    }
+
+    #[tokio::test]
+    async fn an_outage_of_redis_lets_calls_through() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (tests/run installs it)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let mut manager = None;
+        for _ in 0..100 {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            if let Ok(connected) = client
+                .get_connection_manager_with_config(connection_config())
+                .await
+            {
+                manager = Some(connected);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let limits = RateLimits::new(&route_rules(), &methods(), manager).unwrap();
+        assert!(matches!(
+            limits.check("t", "p", "a.S.Get").await,
+            Verdict::Allowed(_)
+        ));
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(limits.check("t", "p", "a.S.Get").await, Verdict::Unlimited);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tightest_rule_is_reported_and_unknown_routes_refused() {
         let limits = RateLimits::new(
             &[
                 rule("*", &[LimitDimension::Tenant], 100),
                 rule("b.T.Do", &[LimitDimension::Tenant], 5),
             ],
             &methods(),
+            None,
         )
         .unwrap();
-        let Verdict::Allowed(standing) = limits.check("t", "p", "b.T.Do") else {
+        let Verdict::Allowed(standing) = limits.check("t", "p", "b.T.Do").await else {
             panic!("allowed");
         };
         assert_eq!((standing.limit, standing.remaining), (5, 4));
         assert!(
             RateLimits::new(
                 &[rule("a.S.Nope", &[LimitDimension::Tenant], 1)],
-                &methods()
+                &methods(),
+                None
             )
             .is_err()
         );
-        assert!(RateLimits::new(&[rule("z.*", &[LimitDimension::Tenant], 1)], &methods()).is_err());
+        assert!(
+            RateLimits::new(
+                &[rule("z.*", &[LimitDimension::Tenant], 1)],
+                &methods(),
+                None
+            )
+            .is_err()
+        );
     }
 }
