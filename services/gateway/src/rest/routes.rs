@@ -341,3 +341,50 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod version_tests {
+    use prost::Message;
+    use prost_reflect::DynamicMessage;
+
+    use super::*;
+
+    /// Every Switchyard file plus `switchyard.demo.v2`, whose one method is bound to `path`.
+    fn pool_with_demo(path: &str) -> DescriptorPool {
+        let base = DescriptorPool::decode(switchyard_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let set = base
+            .get_message_by_name("google.protobuf.FileDescriptorSet")
+            .unwrap();
+        let demo = serde_json::json!({"file": [{
+            "name": "switchyard/demo/v2/demo.proto",
+            "package": "switchyard.demo.v2",
+            "dependency": ["google/api/annotations.proto"],
+            "messageType": [{"name": "GetThingRequest",
+                "field": [{"name": "name", "number": 1, "type": "TYPE_STRING",
+                    "label": "LABEL_OPTIONAL", "jsonName": "name"}]}],
+            "service": [{"name": "DemoService", "method": [{"name": "GetThing",
+                "inputType": ".switchyard.demo.v2.GetThingRequest",
+                "outputType": ".switchyard.demo.v2.GetThingRequest",
+                "options": {"[google.api.http]": {"get": path}}}]}],
+            "syntax": "proto3"
+        }]});
+        let demo = DynamicMessage::deserialize(set, demo).unwrap();
+        // Encoded sets concatenate into one: `file` is a repeated field.
+        let mut bytes = switchyard_proto::FILE_DESCRIPTOR_SET.to_vec();
+        bytes.extend(demo.encode_to_vec());
+        DescriptorPool::decode(bytes.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_v2_package_is_served_under_v2_and_nowhere_else() {
+        let routes = Routes::from_pool(&pool_with_demo("/v2/{name=things/*}")).unwrap();
+        assert_eq!(routes.versions(), vec!["v1".to_owned(), "v2".to_owned()]);
+        let (route, bound) = routes.find(&Method::GET, "/v2/things/a").unwrap();
+        assert_eq!(route.full_name, "switchyard.demo.v2.DemoService.GetThing");
+        assert_eq!(bound, vec![("name", "things/a".to_owned())]);
+        assert!(routes.find(&Method::GET, "/v1/things/a").is_err());
+
+        let refused = Routes::from_pool(&pool_with_demo("/v1/{name=things/*}")).unwrap_err();
+        assert!(refused.to_string().contains("/v2/"), "{refused}");
+    }
+}
