@@ -79,7 +79,8 @@ pub struct Api {
     limits: RateLimits,
     cache: ResponseCache,
     deprecated: HashMap<String, DeprecationHeaders>,
-    grpc_methods: Vec<String>,
+    /// Each method's gRPC path, and whether it is unary (no stream either way).
+    grpc_methods: Vec<(String, bool)>,
     max_body_bytes: usize,
 }
 
@@ -109,7 +110,10 @@ impl Api {
             }
             for method in service.methods() {
                 methods.insert(method.full_name().to_owned());
-                grpc_methods.push(format!("/{}/{}", service.full_name(), method.name()));
+                grpc_methods.push((
+                    format!("/{}/{}", service.full_name(), method.name()),
+                    !method.is_client_streaming() && !method.is_server_streaming(),
+                ));
             }
         }
         let limits = RateLimits::new(&config.rate_limits, &methods, outside.rate_limit_redis)
@@ -227,12 +231,12 @@ pub fn router(api: Arc<Api>, config: &ApiConfig) -> Router {
         rest_routes = rest_routes.route(&format!("/{version}/{{*rest}}"), any(rest));
     }
     let mut router = rest_routes.with_state(api.clone());
-    let grpc = tower::Layer::layer(
-        &tonic_web::GrpcWebLayer::new(),
-        proxy::GrpcProxy::new(api.clone()),
-    );
-    for path in &api.grpc_methods {
-        router = router.route_service(path, grpc.clone());
+    for (path, unary) in &api.grpc_methods {
+        let grpc = tower::Layer::layer(
+            &tonic_web::GrpcWebLayer::new(),
+            proxy::GrpcProxy::new(api.clone(), *unary),
+        );
+        router = router.route_service(path, grpc);
     }
     if !config.cors_allowed_origins.is_empty() {
         router = router.layer(proxy::cors(&config.cors_allowed_origins));

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
 use secrecy::ExposeSecret;
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
@@ -17,16 +19,26 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use super::caller::API_KEY_HEADER;
 use super::{Api, admit, rate_headers};
 
-/// Forwards gRPC calls to the service of their package.
+/// Forwards gRPC calls of one method to the service of its package.
 #[derive(Debug, Clone)]
 pub struct GrpcProxy {
     api: Arc<Api>,
+    /// A unary call is read whole and answered whole, so that each side is written at once
+    /// rather than frame by frame as it streams through.
+    unary: bool,
 }
 
 impl GrpcProxy {
-    pub(super) fn new(api: Arc<Api>) -> Self {
-        GrpcProxy { api }
+    pub(super) fn new(api: Arc<Api>, unary: bool) -> Self {
+        GrpcProxy { api, unary }
     }
+}
+
+/// A whole body: its data, then its trailers if any.
+fn whole(data: bytes::Bytes, trailers: Option<http::HeaderMap>) -> Body {
+    let mut frames = vec![Ok::<_, Infallible>(Frame::data(data))];
+    frames.extend(trailers.map(|trailers| Ok(Frame::trailers(trailers))));
+    Body::new(StreamBody::new(futures::stream::iter(frames)))
 }
 
 fn refusal(status: tonic::Status) -> Response<Body> {
@@ -48,6 +60,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let api = self.api.clone();
+        let unary = self.unary;
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             // "/package.Service/Method": the package picks the upstream, the method the limits.
@@ -74,15 +87,38 @@ where
                 }
                 Err(_) => return Ok(refusal(tonic::Status::internal("unusable credential"))),
             }
-            let request = Request::from_parts(parts, Body::new(body));
-            let upstream = api.upstream(package);
-            let mut response = match upstream.oneshot(request).await {
-                Ok(response) => response,
-                Err(err) => {
-                    return Ok(refusal(tonic::Status::unavailable(format!(
-                        "the {package} service is unreachable: {err}"
-                    ))));
+            let body = if unary {
+                match Limited::new(body, api.max_body_bytes).collect().await {
+                    Ok(collected) => whole(collected.to_bytes(), None),
+                    Err(_) => {
+                        return Ok(refusal(tonic::Status::resource_exhausted(format!(
+                            "the request is unreadable or larger than {} bytes",
+                            api.max_body_bytes
+                        ))));
+                    }
                 }
+            } else {
+                Body::new(body)
+            };
+            let upstream = api.upstream(package);
+            let unreachable = |err: &dyn std::fmt::Display| {
+                refusal(tonic::Status::unavailable(format!(
+                    "the {package} service is unreachable: {err}"
+                )))
+            };
+            let mut response = match upstream.oneshot(Request::from_parts(parts, body)).await {
+                Ok(response) if unary => {
+                    let (parts, body) = response.into_parts();
+                    match body.collect().await {
+                        Ok(collected) => {
+                            let trailers = collected.trailers().cloned();
+                            Response::from_parts(parts, whole(collected.to_bytes(), trailers))
+                        }
+                        Err(err) => return Ok(unreachable(&err)),
+                    }
+                }
+                Ok(response) => response,
+                Err(err) => return Ok(unreachable(&err)),
             };
             if let Some(standing) = &standing {
                 rate_headers(standing, response.headers_mut());
