@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use crate::procstat::parse_stat;
+
 /// Clock ticks per second in `/proc` (`USER_HZ`, fixed at 100 by the Linux ABI).
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -86,18 +88,6 @@ pub fn usage(before: Option<Sample>, after: Option<Sample>) -> Option<Usage> {
         other_cores: (machine - process - postgres).max(0.0) / seconds,
         server_seconds,
     })
-}
-
-/// `(comm, utime + stime)` of a `/proc/.../stat` line.
-fn parse_stat(stat: &str) -> Option<(&str, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?;
-    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5), counted from the state (field 3) at index 0.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
 }
 
 /// CPU ticks of every process named `postgres`.

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::process::Command;
 
 use crate::process::Process;
+use crate::procstat::parse_stat;
 
 /// Runs `run` on a multi-threaded runtime and turns its error into a message and a failure.
 pub fn main<F: Future<Output = anyhow::Result<()>>>(run: F) -> ExitCode {
@@ -142,15 +143,6 @@ where
 /// CPU seconds (user + system) of `pid` and its threads.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rfind(')')
-        .map(|close| stat[close + 1..].split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    // USER_HZ: 100 clock ticks per second by the Linux ABI.
+    parse_stat(&stat).map_or(0.0, |(_, ticks)| ticks as f64 / 100.0)
 }

@@ -18,6 +18,7 @@
 mod cpu;
 mod load;
 mod machine;
+mod procstat;
 mod report;
 mod servers;
 

@@ -18,6 +18,8 @@ mod mock;
 #[path = "../process.rs"]
 mod process;
 mod procs;
+#[path = "../procstat.rs"]
+mod procstat;
 mod report;
 
 use std::net::SocketAddr;

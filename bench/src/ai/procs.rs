@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::procstat::parse_stat;
+
 /// Clock ticks per second in `/proc` (`USER_HZ`, fixed at 100 by the Linux ABI).
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -118,18 +120,6 @@ fn tree_ticks(table: &HashMap<u32, (u32, u64)>, root: u32) -> u64 {
 fn fields(stat: &str) -> Option<Vec<&str>> {
     let close = stat.rfind(')')?;
     Some(stat.get(close + 1..)?.split_whitespace().collect())
-}
-
-/// `(comm, utime + stime)` of a `/proc/.../stat` line.
-fn parse_stat(stat: &str) -> Option<(&str, u64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let name = stat.get(open + 1..close)?;
-    let fields = fields(stat)?;
-    // Fields 14 and 15 of proc(5), counted from the state (field 3) at index 0.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
 }
 
 /// `(ppid, utime + stime)` of a `/proc/.../stat` line.

@@ -22,6 +22,8 @@ mod harness;
 mod machine;
 #[path = "../process.rs"]
 mod process;
+#[path = "../procstat.rs"]
+mod procstat;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

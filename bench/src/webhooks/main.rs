@@ -17,6 +17,8 @@ mod harness;
 mod machine;
 #[path = "../process.rs"]
 mod process;
+#[path = "../procstat.rs"]
+mod procstat;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -143,7 +143,8 @@ impl Authenticator for Authorizer {
     }
 }
 
-fn rejection(err: AuthError) -> ApiError {
+/// The error a caller gets for a token that was refused, or could not be checked.
+pub fn rejection(err: AuthError) -> ApiError {
     match err {
         // The caller's token may be fine; the identity provider is what failed.
         // The cause (URL, HTTP error) is logged where the fetch failed, not told to callers.
@@ -157,7 +158,8 @@ fn rejection(err: AuthError) -> ApiError {
     }
 }
 
-fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

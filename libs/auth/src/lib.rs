@@ -19,7 +19,7 @@ mod oidc;
 mod principal;
 mod verifier;
 
-pub use authorizer::{Authorizer, PUBLIC_SERVICES, ScopeTable};
+pub use authorizer::{Authorizer, PUBLIC_SERVICES, ScopeTable, bearer_token, rejection};
 pub use config::AuthConfig;
 pub use oidc::IdTokenVerifier;
 pub use principal::{Principal, principal};

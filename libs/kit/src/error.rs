@@ -246,6 +246,23 @@ fn error_json(
 /// A gRPC status (a service's answer, with its `google.rpc` details) as the HTTP edge answers
 /// it: the mapped HTTP status, the one JSON error shape, and `Retry-After` from `RetryInfo`.
 pub fn status_response(status: &tonic::Status) -> axum::response::Response {
+    let (body, retry_after) = status_body(status);
+    with_retry_after(
+        axum::response::IntoResponse::into_response((
+            http_status_of(status.code()),
+            axum::Json(body),
+        )),
+        retry_after,
+    )
+}
+
+/// The one JSON error shape of a gRPC status, for an error that cannot be a whole response (a
+/// stream that fails after its first message).
+pub fn status_json(status: &tonic::Status) -> serde_json::Value {
+    status_body(status).0
+}
+
+fn status_body(status: &tonic::Status) -> (serde_json::Value, Option<Duration>) {
     let details = status.get_error_details();
     let metadata: Vec<(String, String)> = details
         .error_info()
@@ -283,13 +300,7 @@ pub fn status_response(status: &tonic::Status) -> axum::response::Response {
         &violations,
         retry_after,
     );
-    with_retry_after(
-        axum::response::IntoResponse::into_response((
-            http_status_of(status.code()),
-            axum::Json(body),
-        )),
-        retry_after,
-    )
+    (body, retry_after)
 }
 
 fn with_retry_after(

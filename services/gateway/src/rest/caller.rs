@@ -134,7 +134,7 @@ impl Callers {
             .get(API_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
-            .or_else(|| bearer(headers))
+            .or_else(|| switchyard_auth::bearer_token(headers))
             .filter(|text| !text.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthenticated("missing credentials: send a bearer token or an API key")
@@ -161,24 +161,10 @@ impl Callers {
             .verifier
             .verify(presented)
             .await
-            .map_err(|err| match err {
-                switchyard_auth::AuthError::KeysUnavailable(_) => ApiError::new(
-                    Code::Unavailable,
-                    "AUTH_KEYS_UNAVAILABLE",
-                    "the token signing keys are unavailable; retry later",
-                )
-                .with_retry_after(Duration::from_secs(1)),
-                other => ApiError::unauthenticated(other.to_string()),
-            })?;
+            .map_err(switchyard_auth::rejection)?;
         Ok(Caller {
             principal,
             token: SecretString::from(presented.to_owned()),
         })
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

@@ -549,7 +549,7 @@ fn ndjson(
             Ok(message) => {
                 transcode::response_json(&route, &message).unwrap_or_else(|err| err.to_json())
             }
-            Err(status) => error_line(&status),
+            Err(status) => switchyard_kit::error::status_json(&status),
         };
         if let Some(mask) = &mask
             && json.get("error").is_none()
@@ -566,15 +566,4 @@ fn ndjson(
         HeaderValue::from_static("application/x-ndjson"),
     );
     response
-}
-
-fn error_line(status: &tonic::Status) -> serde_json::Value {
-    let code = switchyard_kit::error::code_name(status.code());
-    serde_json::json!({
-        "error": {
-            "code": switchyard_kit::error::http_status_of(status.code()).as_u16(),
-            "status": code,
-            "message": status.message(),
-        }
-    })
 }

@@ -246,21 +246,28 @@ fn invalid(method: &MethodDescriptor, problem: &str) -> RouteError {
     }
 }
 
-/// The field at a dotted path of proto (or JSON) field names, through singular message fields.
-pub fn resolve(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+/// The fields along a dotted path of proto (or JSON) field names, through singular message
+/// fields.
+pub fn field_path(message: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
     let mut current = message.clone();
+    let mut fields = Vec::new();
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
         let field = field_named(&current, part)?;
-        if parts.peek().is_none() {
-            return Some(field);
+        if parts.peek().is_some() {
+            match field.kind() {
+                Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
+                _ => return None,
+            }
         }
-        match field.kind() {
-            Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
-            _ => return None,
-        }
+        fields.push(field);
     }
-    None
+    Some(fields)
+}
+
+/// The field at a dotted path of proto (or JSON) field names.
+pub fn resolve(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    field_path(message, path)?.pop()
 }
 
 /// A field by its proto name or its JSON name.

@@ -14,7 +14,7 @@ use switchyard_kit::{ApiError, FieldViolation};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::routes::{BodyField, Route, field_named, resolve};
+use super::routes::{BodyField, Route, field_named, field_path};
 
 /// The query parameter that selects response fields; it is not a request field.
 pub const FIELDS_PARAMETER: &str = "fields";
@@ -105,20 +105,8 @@ pub fn request_stream(
 
 /// The JSON names along a dotted path of proto (or JSON) field names.
 fn json_path(message: &MessageDescriptor, path: &str) -> Option<Vec<String>> {
-    let mut current = message.clone();
-    let mut names = Vec::new();
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let field = field_named(&current, part)?;
-        names.push(field.json_name().to_owned());
-        if parts.peek().is_some() {
-            match field.kind() {
-                Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
-                _ => return None,
-            }
-        }
-    }
-    Some(names)
+    let fields = field_path(message, path)?;
+    Some(fields.iter().map(|f| f.json_name().to_owned()).collect())
 }
 
 fn insert_at(
@@ -214,8 +202,9 @@ fn set_query_parameter(
         None => (key, None),
     };
     let unknown = || bad(key, "no such field");
-    let names = json_path(input, path).ok_or_else(unknown)?;
-    let field = resolve(input, path).ok_or_else(unknown)?;
+    let fields = field_path(input, path).ok_or_else(unknown)?;
+    let names: Vec<String> = fields.iter().map(|f| f.json_name().to_owned()).collect();
+    let field = fields.last().ok_or_else(unknown)?;
     let (parents, last) = names.split_at(names.len() - 1);
     let mut current = &mut *object;
     for name in parents {
