@@ -420,6 +420,10 @@ async fn bodies_beyond_the_limit_are_refused_with_413() {
     let signature = github_signature("s3cret", body);
     let response = post_github(&server, &endpoint.url_path, &signature, "big-1", body).await;
     assert_eq!(response.status(), 413);
+    // The edge's one error shape, like every other refusal.
+    let refusal: serde_json::Value = response.json().await.expect("a JSON error");
+    assert_eq!(refusal["error"]["code"], 413);
+    assert_eq!(refusal["error"]["details"][0]["reason"], "BODY_TOO_LARGE");
     assert!(events(&server, "acme").await.is_empty());
     server.stop().await;
 }

@@ -324,6 +324,17 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
+impl ApiError {
+    /// The HTTP answer with a status more precise than its gRPC code's (405, 413), in the same
+    /// JSON shape, its `code` that status.
+    pub fn into_response_with(self, status: http::StatusCode) -> axum::response::Response {
+        let mut body = self.to_json();
+        body["error"]["code"] = status.as_u16().into();
+        let response = axum::response::IntoResponse::into_response((status, axum::Json(body)));
+        with_retry_after(response, self.details.retry_after)
+    }
+}
+
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let response = (self.http_status(), axum::Json(self.to_json())).into_response();

@@ -19,8 +19,9 @@ pub struct GatewayConfig {
     /// with `auth.hs256_secret` for `service:gateway` with the `credentials.access` scope. A
     /// static token names one tenant, so only that tenant's endpoints can be verified.
     pub credentials_token: Option<secrecy::SecretString>,
-    /// How long a verification key is used before it is read again; a rotated key reaches the
-    /// receiver within this time (list both keys, one per line, while rotating).
+    /// How long an endpoint's verification key or a subscription's signing secret is used before
+    /// it is read again; a rotated key is used within this time (list both keys, one per line,
+    /// while rotating).
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
     /// Destinations allowed beyond the public internet: CIDRs (`10.0.0.0/8`), addresses or host
@@ -57,7 +58,8 @@ pub struct DeliveryConfig {
     /// it after this. Subscriptions' timeouts must be shorter.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// Deliveries claimed at once.
+    /// Deliveries claimed at once; never more than `concurrency`, so that every claimed attempt
+    /// starts within its lease.
     pub batch: usize,
     /// Attempts in flight at once, per replica.
     pub concurrency: usize,

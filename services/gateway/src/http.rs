@@ -124,8 +124,20 @@ async fn receive(
     Path((source, endpoint)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        // Beyond gateway.max_body_bytes (413), or a body that could not be read: nothing stored.
+        Err(rejection) => {
+            return ApiError::new(
+                Code::InvalidArgument,
+                "BODY_TOO_LARGE",
+                rejection.body_text(),
+            )
+            .into_response_with(rejection.status());
+        }
+    };
     let inbound = Inbound {
         headers: &headers,
         query: query.as_deref(),

@@ -2,7 +2,6 @@
 //! event's own commit), and the worker that attempts them on a retry schedule, signed per
 //! Standard Webhooks, at least once, with a dead-letter queue.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -836,23 +835,20 @@ impl Gateway {
         }
     }
 
-    /// Claims the deliveries that are due and attempts them, at most `concurrency` at once;
-    /// returns how many were attempted.
+    /// Claims the deliveries that are due, at most `concurrency`, and attempts them all at once;
+    /// returns how many were attempted. No more is claimed than can start at once: an attempt
+    /// queued behind others could start after its lease ran out and be claimed twice.
     pub async fn deliver_due(&self) -> Result<usize, GatewayError> {
+        let config = &self.inner.delivery_config;
         let now = switchyard_store::now_micros();
-        let lease = micros(SystemTime::now() + self.inner.delivery_config.lease);
-        let due =
-            db::claim_due(&self.inner.db, now, lease, self.inner.delivery_config.batch).await?;
+        let lease = micros(SystemTime::now() + config.lease);
+        let claim = config.batch.min(config.concurrency).max(1);
+        let due = db::claim_due(&self.inner.db, now, lease, claim).await?;
         let count = due.len();
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(
-            self.inner.delivery_config.concurrency.max(1),
-        ));
         let mut running = tokio::task::JoinSet::new();
         for delivery in due {
             let gateway = self.clone();
-            let permit = semaphore.clone().acquire_owned().await;
             running.spawn(async move {
-                let _permit = permit;
                 if let Err(err) = gateway.attempt(delivery).await {
                     tracing::error!(error = %err, "recording a delivery attempt failed");
                 }
@@ -874,12 +870,12 @@ impl Gateway {
             {
                 (subscription, event)
             }
-            (subscription, _) => {
+            (subscription, event) => {
                 delivery.state = DeliveryState::Dead;
                 delivery.last_error = Some(
-                    match subscription {
-                        Some(_) => "the subscription is disabled",
-                        None => "the subscription or the event is gone",
+                    match (subscription, event) {
+                        (Some(_), Some(_)) => "the subscription is disabled",
+                        _ => "the subscription or the event is gone",
                     }
                     .to_owned(),
                 );
@@ -984,14 +980,19 @@ impl Gateway {
         let mut tx = self.inner.db.begin().await?;
         db::finish_attempt(&mut tx, &delivery, &attempt).await?;
         db::record_health(&mut tx, &subscription.id, failed_at).await?;
-        if let Some(reason) = &disable {
-            db::set_subscription_state(
+        if let Some(reason) = &disable
+            && !db::set_subscription_state(
                 &mut tx,
                 &subscription.id,
                 SubscriptionState::Disabled,
                 Some(reason),
             )
-            .await?;
+            .await?
+        {
+            // Another attempt disabled it first and said so.
+            disable = None;
+        }
+        if let Some(reason) = &disable {
             // An operational event, delivered to whoever subscribes to it.
             let event = self.switchyard_event(
                 &subscription.tenant,
@@ -1018,8 +1019,6 @@ impl Gateway {
         body: &[u8],
     ) -> Result<String, String> {
         let material = self
-            .inner
-            .keys
             .key(&subscription.tenant, &subscription.signing_credential)
             .await
             .map_err(|_| "the signing secret could not be read".to_owned())?;
@@ -1044,6 +1043,10 @@ impl Gateway {
 pub async fn run(gateway: Gateway, shutdown: CancellationToken) {
     let poll = gateway.inner.delivery_config.poll_interval;
     loop {
+        // Checked here too: with a backlog the loop never waits below.
+        if shutdown.is_cancelled() {
+            return;
+        }
         match gateway.deliver_due().await {
             Ok(attempted) if attempted > 0 => continue,
             Ok(_) => {}

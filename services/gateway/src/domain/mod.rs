@@ -213,7 +213,7 @@ pub enum ReceiveError {
     /// The request verified but could not be committed: 503, the sender retries.
     #[error("the event could not be stored")]
     Store(#[from] StoreError),
-    /// An SNS subscription could not be confirmed: 502, SNS sends the confirmation again.
+    /// An SNS subscription could not be confirmed: 503, SNS sends the confirmation again.
     #[error("the SNS subscription could not be confirmed")]
     Confirmation,
 }
@@ -604,7 +604,10 @@ impl Gateway {
         }
         .ok_or(ReceiveError::UnknownEndpoint)?;
         let key = match &endpoint.credential {
-            Some(credential) => self.key(&endpoint.tenant, credential).await?,
+            Some(credential) => self.key(&endpoint.tenant, credential).await.map_err(|err| {
+                tracing::error!(tenant = %endpoint.tenant, credential, error = %err, "reading a webhook endpoint's key failed");
+                ReceiveError::VerificationUnavailable
+            })?,
             None => SecretString::from(String::new()),
         };
         let now = SystemTime::now();
@@ -669,22 +672,16 @@ impl Gateway {
         })
     }
 
-    async fn key(&self, tenant: &str, credential: &str) -> Result<SecretString, ReceiveError> {
+    /// A key from the credentials service, reused for `key_cache_ttl`: endpoints' verification
+    /// keys and subscriptions' signing secrets.
+    pub(crate) async fn key(&self, tenant: &str, credential: &str) -> Result<SecretString, String> {
         let cache_key = (tenant.to_owned(), credential.to_owned());
         if let Some((key, at)) = self.inner.key_cache.lock().await.get(&cache_key)
             && at.elapsed() < self.inner.key_cache_ttl
         {
             return Ok(key.clone());
         }
-        let key = self
-            .inner
-            .keys
-            .key(tenant, credential)
-            .await
-            .map_err(|err| {
-                tracing::error!(tenant, credential, error = %err, "reading a webhook endpoint's key failed");
-                ReceiveError::VerificationUnavailable
-            })?;
+        let key = self.inner.keys.key(tenant, credential).await?;
         let mut cache = self.inner.key_cache.lock().await;
         if cache.len() >= MAX_CACHED_KEYS {
             cache.clear();

@@ -311,14 +311,12 @@ async fn rest(State(api): State<Arc<Api>>, request: Request) -> Response {
     let (route, bound) = match api.routes.find(&parts.method, parts.uri.path()) {
         Ok(found) => found,
         Err(routes::Miss::MethodNotAllowed) => {
-            let error = ApiError::new(
+            return ApiError::new(
                 Code::Unimplemented,
                 "METHOD_NOT_ALLOWED",
                 format!("{} is not allowed on {}", parts.method, parts.uri.path()),
-            );
-            let mut body = error.to_json();
-            body["error"]["code"] = StatusCode::METHOD_NOT_ALLOWED.as_u16().into();
-            return (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response();
+            )
+            .into_response_with(StatusCode::METHOD_NOT_ALLOWED);
         }
         Err(routes::Miss::NotFound) => {
             return problem(
@@ -409,16 +407,17 @@ async fn serve(
     let body = axum::body::to_bytes(body, api.max_body_bytes)
         .await
         .map_err(|_| {
-            let mut response = problem(
-                Code::InvalidArgument,
-                "BODY_TOO_LARGE",
-                format!(
-                    "the body is unreadable or larger than {} bytes",
-                    api.max_body_bytes
-                ),
-            );
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            with_standing(response)
+            with_standing(
+                ApiError::new(
+                    Code::InvalidArgument,
+                    "BODY_TOO_LARGE",
+                    format!(
+                        "the body is unreadable or larger than {} bytes",
+                        api.max_body_bytes
+                    ),
+                )
+                .into_response_with(StatusCode::PAYLOAD_TOO_LARGE),
+            )
         })?;
     let outgoing = if route.client_streaming {
         transcode::request_stream(route, bound, &query, &body).map(Outgoing::Stream)

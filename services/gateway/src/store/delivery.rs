@@ -241,22 +241,26 @@ pub(crate) async fn delete_subscription(
     Ok(deleted > 0)
 }
 
+/// Moves a subscription to `state`; returns whether it changed, so that concurrent attempts that
+/// all decide to disable it record one `subscription.disabled`, not one each.
 pub(crate) async fn set_subscription_state(
     tx: &mut Tx,
     id: &str,
     state: SubscriptionState,
     reason: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let state = match state {
         SubscriptionState::Active => "active",
         SubscriptionState::Disabled => "disabled",
     };
-    tx.execute(
-        "UPDATE subscriptions SET state = $1, disabled_reason = $2, failing_since = NULL WHERE id = $3",
-        &[state.into(), reason.map_or(Value::Null, Value::from), id.into()],
-    )
-    .await?;
-    Ok(())
+    let changed = tx
+        .execute(
+            "UPDATE subscriptions SET state = $1, disabled_reason = $2, failing_since = NULL \
+             WHERE id = $3 AND state <> $1",
+            &[state.into(), reason.into(), id.into()],
+        )
+        .await?;
+    Ok(changed == 1)
 }
 
 /// Records whether the subscription's last attempt failed: the start of a failing stretch is
