@@ -8,6 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::AuthError;
+use crate::verifier::JWKS_TIMEOUT;
 
 pub(crate) struct JwksCache {
     url: String,
@@ -119,6 +120,8 @@ impl JwksCache {
         let response = self
             .http
             .get(&self.url)
+            // Whatever client it was given: a slow key server must not hold every verification.
+            .timeout(JWKS_TIMEOUT)
             .send()
             .await
             .map_err(|err| AuthError::KeysUnavailable(err.to_string()))?;

@@ -23,4 +23,4 @@ pub use authorizer::{Authorizer, PUBLIC_SERVICES, ScopeTable, bearer_token, reje
 pub use config::AuthConfig;
 pub use oidc::IdTokenVerifier;
 pub use principal::{Principal, principal};
-pub use verifier::{AuthError, TokenRequest, Verifier, mint};
+pub use verifier::{AuthError, TokenRequest, Verifier, is_valid_tenant, mint};

@@ -135,7 +135,7 @@ impl std::fmt::Debug for HsKey {
 }
 
 /// Timeout of a JWKS fetch.
-const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Verifier {
     /// A verifier for `config`, which should have been validated.
@@ -145,7 +145,6 @@ impl Verifier {
             Some(url) => Some(JwksCache::new(
                 url.clone(),
                 reqwest::Client::builder()
-                    .timeout(JWKS_TIMEOUT)
                     .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
                     .build()?,
                 config.jwks_refresh_interval,
@@ -260,7 +259,7 @@ impl Verifier {
 
 /// Tenant ids appear in storage paths and resource names, so they are kept to a safe alphabet:
 /// 1 to 64 ASCII letters, digits, `-`, `_` or `.`, starting with a letter or digit.
-pub(crate) fn is_valid_tenant(tenant: &str) -> bool {
+pub fn is_valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 64
         && tenant.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -113,6 +113,8 @@ impl Guard {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .dns_resolver(Arc::new(GuardedResolver(self.clone())))
+            // A proxy would resolve the destination itself, past the guard.
+            .no_proxy()
             .build()
     }
 }

@@ -210,7 +210,7 @@ fn id_token(issuer: &str, client_id: &str, nonce: Option<&str>) -> String {
         .as_secs();
     let claims = json!({
         "iss": issuer, "sub": "1", "aud": client_id, "iat": now, "exp": now + 300,
-        "nonce": nonce, "email": "octocat@example.com", "tenant": "acme",
+        "nonce": nonce, "email": "octocat@example.com", "email_verified": true, "tenant": "acme",
         "groups": ["platform-admins"],
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);

@@ -232,10 +232,19 @@ impl Certificates {
             })?,
             "SigningCertURL",
         )?;
-        if !certificate_url.path().ends_with(".pem") {
+        if !certificate_url.path().ends_with(".pem")
+            || certificate_url.query().is_some()
+            || certificate_url.fragment().is_some()
+        {
             return Err(VerifyError::Malformed(
-                "SigningCertURL is not a .pem".into(),
+                "SigningCertURL is not a plain .pem URL".into(),
             ));
+        }
+        // The topic is part of what AWS signs, so comparing it first is as safe as after, and a
+        // message for another topic makes no certificate fetch.
+        let topic = required(message, "TopicArn")?;
+        if !crate::secrets_equal(topic.as_bytes(), pinned.as_bytes()) {
+            return Err(VerifyError::Topic);
         }
         let signed = string_to_sign(message, kind)?;
         let certificate = self.get(&certificate_url, policy.now).await?;
@@ -254,11 +263,6 @@ impl Certificates {
         };
         if !verifies {
             return Err(VerifyError::Signature);
-        }
-        // Checked after the signature, so that what is compared is what AWS signed.
-        let topic = required(message, "TopicArn")?;
-        if !crate::secrets_equal(topic.as_bytes(), pinned.as_bytes()) {
-            return Err(VerifyError::Topic);
         }
         let signed_at =
             humantime::parse_rfc3339_weak(required(message, "Timestamp")?.trim_end_matches('Z'))

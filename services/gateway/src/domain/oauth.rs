@@ -461,21 +461,30 @@ impl Gateway {
     pub async fn delete_connection(&self, tenant: &str, name: &str) -> Result<bool, GatewayError> {
         let connection = self.get_connection(tenant, name).await?;
         let oauth = self.oauth()?;
-        let revoked = match self.tokens_of(&connection).await {
-            Ok(tokens) => match db::client(&self.inner.db, tenant, connection.provider).await? {
-                Some(client) => {
-                    let profile = self.profile(&client)?;
-                    let credentials = self.credentials_of(&client).await?;
-                    let token = tokens.refresh_token.unwrap_or(tokens.access_token);
-                    oauth
-                        .client
-                        .revoke(&profile, &credentials, &token)
-                        .await
-                        .is_ok()
+        // Revocation is best effort: a connection can be deleted whatever its provider says.
+        let revoked = match (
+            self.tokens_of(&connection).await,
+            db::client(&self.inner.db, tenant, connection.provider).await?,
+        ) {
+            (Ok(tokens), Some(client)) => {
+                match (self.profile(&client), self.credentials_of(&client).await) {
+                    (Ok(profile), Ok(credentials)) => {
+                        // RFC 7009 revokes the whole grant through the refresh token; GitHub's grant
+                        // API and Slack's auth.revoke take only the access token.
+                        let token = match (&profile.revocation, tokens.refresh_token) {
+                            (switchyard_oauth::Revocation::Rfc7009(_), Some(refresh)) => refresh,
+                            _ => tokens.access_token,
+                        };
+                        oauth
+                            .client
+                            .revoke(&profile, &credentials, &token)
+                            .await
+                            .is_ok()
+                    }
+                    _ => false,
                 }
-                None => false,
-            },
-            Err(_) => false,
+            }
+            _ => false,
         };
         db::delete_connection(&self.inner.db, tenant, &connection.id).await?;
         if let Err(err) = oauth

@@ -143,11 +143,19 @@ impl Gateway {
                             ))
                         })
                 };
+                // OpenID Connect Discovery 1.0, 4.3: the document's issuer is the one configured,
+                // or the document is not to be trusted.
+                let declared = document["issuer"].as_str().unwrap_or_default();
+                if declared.trim_end_matches('/') != issuer {
+                    return Err(GatewayError::Unavailable(format!(
+                        "the SSO discovery document names the issuer {declared:?}, not {issuer:?}"
+                    )));
+                }
                 Ok(Discovered {
                     authorization_endpoint: url("authorization_endpoint")?,
                     token_endpoint: url("token_endpoint")?,
                     verifier: IdTokenVerifier::new(
-                        document["issuer"].as_str().unwrap_or(issuer),
+                        declared,
                         &sso.config.client_id,
                         url("jwks_uri")?.as_str(),
                         sso.http.clone(),
@@ -261,7 +269,13 @@ impl Gateway {
                     sso.config.tenant_claim
                 ))
             })?;
+        if !switchyard_auth::is_valid_tenant(&tenant) {
+            return Err(refused(format!("{tenant:?} is not a valid tenant id")));
+        }
+        // An address the provider has not verified could be anyone's.
+        let email_verified = claims.get("email_verified") == Some(&serde_json::Value::Bool(true));
         let subject = text("email")
+            .filter(|_| email_verified)
             .or_else(|| text("sub"))
             .ok_or_else(|| refused("the ID token has no subject"))?;
         let roles: Vec<String> = match claims.get(&sso.config.roles_claim) {
