@@ -208,3 +208,45 @@ async fn tokens_are_refreshed_ahead_of_expiry_once_across_replicas() {
         "no invalid grant"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_cannot_be_refreshed_waits_out_its_back_off() {
+    let fake = FakeOAuth::start("client-1", "secret-1", REDIRECT).await;
+    fake.set_access_ttl(Duration::from_secs(120));
+    let (db, _dir) = switchyard_store::testing::sqlite_db().await.expect("db");
+    let vault = Arc::new(Vault::default());
+    let gateway = replica(db, vault.clone()).await;
+    let name = connect(&gateway, &vault, &fake).await;
+
+    // The provider is down: the refresh fails, and the connection is left alone for a while
+    // instead of being tried again on every pass (and keeping others from their turn).
+    fake.fail_token_requests(1);
+    let before = fake.token_requests();
+    assert_eq!(
+        gateway
+            .refresh_due(Duration::from_secs(300))
+            .await
+            .expect("due"),
+        0
+    );
+    assert_eq!(fake.token_requests(), before + 1);
+    assert_eq!(
+        gateway
+            .refresh_due(Duration::from_secs(300))
+            .await
+            .expect("due"),
+        0
+    );
+    assert_eq!(
+        fake.token_requests(),
+        before + 1,
+        "not tried again within the back-off"
+    );
+
+    // A use of the connection still refreshes it: the back-off is the background pass's alone.
+    gateway
+        .access_connection("acme", &name, &[], true)
+        .await
+        .expect("refreshed on use");
+    assert_eq!(fake.token_requests(), before + 2);
+}

@@ -25,6 +25,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 const REFRESH_LEASE: Duration = Duration::from_secs(30);
 /// How many times a caller looks, 200 ms apart, for another replica's refresh to finish.
 const REFRESH_WAIT_ROUNDS: usize = 100;
+/// How long the background refresher leaves a connection it could not refresh before trying again.
+const REFRESH_RETRY: Duration = Duration::from_secs(300);
 
 /// A tenant's client registered with a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -594,7 +596,19 @@ impl Gateway {
         let until = now + i64::try_from(REFRESH_LEASE.as_micros()).unwrap_or(i64::MAX);
         if db::claim_refresh(&self.inner.db, &connection.id, now, until).await? {
             let id = connection.id.clone();
-            let refreshed = self.refresh(connection, refresh_token).await;
+            let refreshed = async {
+                // Another replica may have refreshed, and rotated the refresh token, between
+                // this caller's read and its claim: then its token is the one to use.
+                let current = self
+                    .get_connection(&connection.tenant, &format!("connections/{id}"))
+                    .await?;
+                if current.update_time != connection.update_time {
+                    let tokens = self.tokens_of(&current).await?;
+                    return Ok((tokens.access_token, current));
+                }
+                self.refresh(connection, refresh_token).await
+            }
+            .await;
             db::release_refresh(&self.inner.db, &id).await?;
             return refreshed;
         }
@@ -626,9 +640,9 @@ impl Gateway {
         if self.inner.oauth.is_none() {
             return Ok(0);
         }
-        let before =
-            switchyard_store::now_micros() + i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
-        let due = db::expiring_connections(&self.inner.db, before, 100).await?;
+        let start = switchyard_store::now_micros();
+        let before = start + i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
+        let due = db::expiring_connections(&self.inner.db, start, before, 100).await?;
         let mut refreshed = 0;
         for connection in due {
             let now = switchyard_store::now_micros();
@@ -646,10 +660,14 @@ impl Gateway {
                 Err(err) => Err(err),
             };
             db::release_refresh(&self.inner.db, &id).await?;
+            let retry_at = now + i64::try_from(REFRESH_RETRY.as_micros()).unwrap_or(i64::MAX);
             match outcome {
-                Ok(count) => refreshed += count,
+                Ok(1) => refreshed += 1,
+                // No refresh token: nothing to do ahead of expiry until it is authorized again.
+                Ok(_) => db::defer_refresh(&self.inner.db, &id, retry_at).await?,
                 Err(err) => {
                     tracing::warn!(connection = %id, error = %err, "refreshing a connection ahead of expiry failed");
+                    db::defer_refresh(&self.inner.db, &id, retry_at).await?;
                 }
             }
         }

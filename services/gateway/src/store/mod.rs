@@ -120,6 +120,12 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: apikeys::MIGRATION,
         sqlite: apikeys::MIGRATION,
     },
+    Migration {
+        version: 8,
+        name: "connection refresh back-off",
+        postgres: oauth::REFRESH_RETRY,
+        sqlite: oauth::REFRESH_RETRY,
+    },
 ];
 
 fn optional(text: Option<&str>) -> Value {

@@ -42,6 +42,11 @@ pub(super) const MIGRATION: &str = "
     );
 ";
 
+/// When the background refresher may look at a connection again after failing to refresh it.
+pub(super) const REFRESH_RETRY: &str = "
+    ALTER TABLE connections ADD COLUMN refresh_retry_at BIGINT;
+";
+
 /// Pending single sign-on logins.
 pub(super) const SSO_STATES: &str = "
     CREATE TABLE sso_states (
@@ -386,18 +391,33 @@ pub(crate) async fn release_refresh(db: &Db, id: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Active connections, of every tenant, whose token expires before `before`, soonest first.
+/// Keeps the background refresher away from a connection until `until`.
+pub(crate) async fn defer_refresh(db: &Db, id: &str, until: i64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE connections SET refresh_retry_at = $1 WHERE id = $2",
+        &[until.into(), id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Active connections, of every tenant, whose token expires before `before`, soonest first,
+/// less those whose last background refresh failed within its back-off: otherwise a hundred
+/// stuck connections would keep every other from being refreshed ahead.
 pub(crate) async fn expiring_connections(
     db: &Db,
+    now: i64,
     before: i64,
     limit: usize,
 ) -> Result<Vec<Connection>, StoreError> {
     db.query(
         &format!(
             "SELECT {CONNECTION_COLUMNS} FROM connections WHERE state = 'active' \
-             AND expire_time IS NOT NULL AND expire_time < $1 ORDER BY expire_time LIMIT $2"
+             AND expire_time IS NOT NULL AND expire_time < $1 \
+             AND (refresh_retry_at IS NULL OR refresh_retry_at < $3) \
+             ORDER BY expire_time LIMIT $2"
         ),
-        &[before.into(), (limit as i64).into()],
+        &[before.into(), (limit as i64).into(), now.into()],
     )
     .await?
     .iter()
