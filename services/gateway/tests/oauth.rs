@@ -250,3 +250,31 @@ async fn a_connection_that_cannot_be_refreshed_waits_out_its_back_off() {
         .expect("refreshed on use");
     assert_eq!(fake.token_requests(), before + 2);
 }
+
+#[tokio::test]
+async fn connecting_an_account_again_replaces_its_token_set() {
+    let fake = FakeOAuth::start("client-1", "secret-1", REDIRECT).await;
+    let (db, _dir) = switchyard_store::testing::sqlite_db().await.expect("db");
+    let vault = Arc::new(Vault::default());
+    let gateway = replica(db, vault.clone()).await;
+    let first = connect(&gateway, &vault, &fake).await;
+    let second = connect(&gateway, &vault, &fake).await;
+    assert_eq!(first, second, "the same account is the same connection");
+    let token_sets: Vec<String> = vault
+        .0
+        .lock()
+        .expect("lock")
+        .keys()
+        .filter(|(_, name)| name.starts_with("credentials/oauth-"))
+        .map(|(_, name)| name.clone())
+        .collect();
+    let connection = gateway
+        .get_connection("acme", &second)
+        .await
+        .expect("connection");
+    assert_eq!(
+        token_sets,
+        vec![connection.token_credential],
+        "the old token set is deleted"
+    );
+}

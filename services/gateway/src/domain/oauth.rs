@@ -419,9 +419,26 @@ impl Gateway {
             create_time: stamp,
             update_time: stamp,
         };
-        db::upsert_connection(&self.inner.db, &connection)
+        let internal = |err: switchyard_store::StoreError| CallbackError::Internal(err.to_string());
+        let previous = db::account_token_credential(
+            &self.inner.db,
+            &connection.tenant,
+            provider,
+            &connection.account_id,
+        )
+        .await
+        .map_err(internal)?;
+        let stored = db::upsert_connection(&self.inner.db, &connection)
             .await
-            .map_err(|err| CallbackError::Internal(err.to_string()))
+            .map_err(internal)?;
+        // Connecting an account again replaces its token set: the old one, which may still hold
+        // a live refresh token, is not left behind in the vault.
+        if let Some(previous) = previous.filter(|old| *old != stored.token_credential)
+            && let Err(err) = oauth.vault.delete(&stored.tenant, &previous).await
+        {
+            tracing::warn!(tenant = %stored.tenant, connection = %stored.id, error = %err, "deleting a replaced token set failed");
+        }
+        Ok(stored)
     }
 
     /// One of the tenant's connections.

@@ -333,6 +333,23 @@ pub(crate) async fn connection(
     .transpose()
 }
 
+/// The token set credential of the tenant's connection to `account_id`, if there is one.
+pub(crate) async fn account_token_credential(
+    db: &Db,
+    tenant: &str,
+    provider: Provider,
+    account_id: &str,
+) -> Result<Option<String>, StoreError> {
+    db.query_opt(
+        "SELECT token_credential FROM connections \
+         WHERE tenant = $1 AND provider = $2 AND account_id = $3",
+        &[tenant.into(), provider.as_str().into(), account_id.into()],
+    )
+    .await?
+    .map(|row| row.get(0))
+    .transpose()
+}
+
 pub(crate) async fn list_connections(
     db: &Db,
     tenant: &str,
