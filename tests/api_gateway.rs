@@ -517,7 +517,7 @@ async fn rate_limits_answer_429_with_ratelimit_headers_per_principal_and_route()
     let dir = tempfile::tempdir().expect("dir");
     let mut config = config(Backend::Sqlite, dir.path());
     config.gateway.api.rate_limits = toml::from_str::<toml::Table>(
-        r#"rules = [{ route = "switchyard.credentials.v1.CredentialService.ListCredentials", per = ["principal", "route"], requests = 2, period = "1m" }]"#,
+        r#"rules = [{ route = "switchyard.credentials.v1.CredentialService.*", per = ["principal", "route"], requests = 2, period = "1m" }]"#,
     )
     .expect("toml")["rules"]
         .clone()
@@ -670,13 +670,14 @@ async fn request_ids_are_propagated_and_bodies_are_bounded() {
     config.gateway.api.max_body_bytes = 2048;
     let server = TestServer::start(config).await;
     let alice = Rest::new(&server, Some(&token("acme", "alice", ALL_SCOPES)));
-    alice
+    let (status, _) = alice
         .json(
             Method::POST,
             "/v1/credentials",
             Some(create_body("a-key", "prod")),
         )
         .await;
+    assert_eq!(status, 200);
     let accessed = alice
         .http
         .get(format!("{}/v1/credentials/a-key:access", alice.base))
@@ -685,6 +686,7 @@ async fn request_ids_are_propagated_and_bodies_are_bounded() {
         .send()
         .await
         .expect("request");
+    assert_eq!(accessed.status(), 200);
     assert_eq!(accessed.headers()["x-request-id"], "req-from-the-caller-1");
     let (_, audit) = alice
         .json(Method::GET, "/v1/auditEvents?action=AccessCredential", None)

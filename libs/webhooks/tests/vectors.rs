@@ -99,6 +99,17 @@ async fn github_documented_vector() {
         .await,
         Err(VerifyError::Malformed(_))
     ));
+    // ...and with another secret the same request fails on its signature, before its body.
+    assert!(matches!(
+        verify(
+            Source::GitHub,
+            &good,
+            body,
+            policy(Source::GitHub, "another secret", now)
+        )
+        .await,
+        Err(VerifyError::Signature)
+    ));
     let payload = br#"{"zen":"Design for failure.","hook_id":1,"repository":{"full_name":"octo/hello"},"action":"created"}"#;
     let signed = format!("sha256={}", hex_hmac(secret.as_bytes(), payload));
     let ok = headers(&[

@@ -413,7 +413,8 @@ async fn destinations_pass_the_ssrf_guard_and_filters_are_cel() {
             .is_err()
     );
 
-    // A name that resolves to a private address is refused when the attempt connects.
+    // Filters: only the events a subscription's CEL filter matches are delivered (the test's
+    // destination on localhost is allow-listed; the guard's refusals are libs/kit's tests).
     let (db, _dir) = switchyard_store::testing::sqlite_db().await.expect("db");
     let gateway = switchyard_gateway::open(
         db,

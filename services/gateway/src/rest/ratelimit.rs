@@ -353,24 +353,25 @@ mod tests {
     }
 
     /// Three calls of one principal and route allowed twice a minute, then another route and
-    /// another principal, as `limits` counts them.
-    async fn per_principal_and_route(first: &RateLimits, second: &RateLimits, tenant: &str) {
+    /// another principal, as `limits` counts them. Principals are new on every run, so that a run
+    /// within a minute of the last finds fresh buckets in a shared Redis.
+    async fn per_principal_and_route(first: &RateLimits, second: &RateLimits) {
+        let p = uuid::Uuid::new_v4().to_string();
+        let q = uuid::Uuid::new_v4().to_string();
+        let tenant = "t";
         let remaining = |verdict: Verdict| match verdict {
             Verdict::Allowed(standing) => Some(standing.remaining),
             _ => None,
         };
+        assert_eq!(remaining(first.check(tenant, &p, "a.S.Get").await), Some(1));
         assert_eq!(
-            remaining(first.check(tenant, "p", "a.S.Get").await),
-            Some(1)
-        );
-        assert_eq!(
-            remaining(second.check(tenant, "p", "a.S.Get").await),
+            remaining(second.check(tenant, &p, "a.S.Get").await),
             Some(0)
         );
         let Verdict::Limited {
             retry_after,
             standing,
-        } = first.check(tenant, "p", "a.S.Get").await
+        } = first.check(tenant, &p, "a.S.Get").await
         else {
             panic!("a third call in the minute must be limited");
         };
@@ -381,14 +382,11 @@ mod tests {
         assert_eq!(standing.policy, "2;w=60");
         // Another route, another principal: their own buckets. Another service: no rule.
         assert_eq!(
-            remaining(second.check(tenant, "p", "a.S.List").await),
+            remaining(second.check(tenant, &p, "a.S.List").await),
             Some(1)
         );
-        assert_eq!(
-            remaining(first.check(tenant, "q", "a.S.Get").await),
-            Some(1)
-        );
-        assert_eq!(first.check(tenant, "p", "b.T.Do").await, Verdict::Unlimited);
+        assert_eq!(remaining(first.check(tenant, &q, "a.S.Get").await), Some(1));
+        assert_eq!(first.check(tenant, &p, "b.T.Do").await, Verdict::Unlimited);
     }
 
     fn route_rules() -> Vec<RateLimitRule> {
@@ -402,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn buckets_are_kept_per_tenant_principal_and_route() {
         let limits = RateLimits::new(&route_rules(), &methods(), None).unwrap();
-        per_principal_and_route(&limits, &limits, "t").await;
+        per_principal_and_route(&limits, &limits).await;
     }
 
     #[tokio::test]
@@ -419,8 +417,7 @@ mod tests {
         // Two replicas, one count: the principal's third call is refused by either.
         let first = RateLimits::new(&route_rules(), &methods(), Some(connect().await)).unwrap();
         let second = RateLimits::new(&route_rules(), &methods(), Some(connect().await)).unwrap();
-        let tenant = uuid::Uuid::new_v4().to_string();
-        per_principal_and_route(&first, &second, &tenant).await;
+        per_principal_and_route(&first, &second).await;
     }
 
     #[tokio::test]
@@ -430,18 +427,28 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut server = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (tests/run installs it)");
+        /// Stops the test's own redis-server however the test ends.
+        struct Server(std::process::Child);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let server = Server(
+            std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (tests/run installs it)"),
+        );
         let url = format!("redis://127.0.0.1:{port}");
         let mut manager = None;
         for _ in 0..100 {
@@ -460,8 +467,7 @@ mod tests {
             limits.check("t", "p", "a.S.Get").await,
             Verdict::Allowed(_)
         ));
-        server.kill().unwrap();
-        server.wait().unwrap();
+        drop(server);
         let started = std::time::Instant::now();
         assert_eq!(limits.check("t", "p", "a.S.Get").await, Verdict::Unlimited);
         assert!(
